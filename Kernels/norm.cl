@@ -1,0 +1,73 @@
+// Instance and group normalization, accurate on whole volumes: the mean and variance are
+// found in two passes (variance of x - mean, never E[x^2] - E[x]^2), each pass summing with
+// Kahan compensation in partial sums that a second kernel combines, also compensated.
+//
+// A group g covers `len` contiguous values (its channels are adjacent in NCDHW).
+// Compile-time: CHUNKED 1 makes each partial sum read one contiguous chunk (CPUs, caches);
+// CHUNKED 0 interleaves the partitions (GPUs, coalesced reads).
+#include "common.h"
+
+// Work-item (p, g): partial sum number p of group g. pass 0 sums x; pass 1 sums (x - mean)^2.
+__kernel void norm_partial_sums(__global const float* restrict x, __global const float* restrict stats,
+                                __global float* restrict partial, long len, int P, int pass)
+{
+    const int p = get_global_id(0);
+    const int g = get_global_id(1);
+    if (p >= P) return;
+    __global const float* xg = x + (size_t)g * len;
+    const float mean = pass == 1 ? stats[2 * g] : 0.0f;
+    float sum = 0.0f, comp = 0.0f;
+#if CHUNKED
+    const long chunk = (len + P - 1) / P;
+    const long begin = p * chunk;
+    const long end = min(begin + chunk, len);
+    for (long i = begin; i < end; ++i) {
+#else
+    for (long i = p; i < len; i += P) {
+#endif
+        float v = xg[i] - mean;
+        if (pass == 1) v = v * v;
+        const float y = v - comp;
+        const float t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+    }
+    partial[(size_t)g * P + p] = sum;
+}
+
+// Work-item g: combines the P partial sums of group g. pass 0 stores the mean; pass 1 stores
+// 1 / sqrt(variance + epsilon) next to it.
+__kernel void norm_finalize(__global const float* restrict partial, __global float* restrict stats,
+                            long len, int P, int G, int pass, float epsilon)
+{
+    const int g = get_global_id(0);
+    if (g >= G) return;
+    float sum = 0.0f, comp = 0.0f;
+    for (int p = 0; p < P; ++p) {
+        const float y = partial[(size_t)g * P + p] - comp;
+        const float t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+    }
+    const float mean = sum / (float)len;
+    if (pass == 0) stats[2 * g] = mean;
+    else stats[2 * g + 1] = rsqrt(mean + epsilon);
+}
+
+// y = (x - mean_g) * invstd_g * scale_c + bias_c, then the fused activation. May run in place.
+// Work-item (i, c) handles PER_ITEM values of channel c, strided by the local size GROUP.
+__kernel void norm_apply(__global const float* x, __global float* y, __global const float* restrict stats,
+                         __global const float* restrict scale, __global const float* restrict bias,
+                         long spatial, int channelsPerGroup, int act, float alpha)
+{
+    const long base = (long)get_group_id(0) * GROUP * PER_ITEM + get_local_id(0);
+    const int c = get_global_id(1);
+    const int g = c / channelsPerGroup;
+    const float m = stats[2 * g], s = stats[2 * g + 1] * scale[c], b = bias[c];
+    __global const float* xc = x + (size_t)c * spatial;
+    __global float* yc = y + (size_t)c * spatial;
+    for (int j = 0; j < PER_ITEM; ++j) {
+        const long i = base + (long)j * GROUP;
+        if (i < spatial) yc[i] = activate((xc[i] - m) * s + b, act, alpha);
+    }
+}

@@ -1,0 +1,40 @@
+/// Block and work-group sizes for one device: the CLBlast idea of plain kernels parameterised
+/// by defines, with the parameters chosen per device. Defaults come from the device's
+/// properties; `ConvAutotuner` can measure better ones.
+public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertible {
+    /// conv3d_s1 and conv_transpose3d_k2s2: output channels per work-item, vector width along
+    /// x, vectors per work-item.
+    public var convKB: Int
+    public var convXV: Int
+    public var convXN: Int
+    /// Local size of the convolution kernels.
+    public var convLocal: [Int]
+    /// Elementwise kernels: local size (also compiled in as GROUP) and values per work-item.
+    public var elementwiseGroup: Int
+    public var elementwisePerItem: Int
+    /// Normalization: partial sums per group, and whether each reads one contiguous chunk.
+    public var normPartitions: Int
+    public var normChunked: Bool
+    /// Local size of the one-work-item-per-voxel kernels (pool, resize, pad, slice).
+    public var voxelLocal: [Int]
+
+    public var description: String {
+        "conv KB=\(convKB) XV=\(convXV) XN=\(convXN) local=\(convLocal); elementwise \(elementwiseGroup)x\(elementwisePerItem); norm P=\(normPartitions)\(normChunked ? " chunked" : "")"
+    }
+
+    public static func defaults(for device: ComputeDevice) -> DeviceTuning {
+        if device.isCPU {
+            // CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about
+            // 8 (AVX2) to 16 (AVX-512) vector accumulators so nothing spills.
+            let wide = device.preferredFloatVectorWidth >= 16
+            return DeviceTuning(convKB: wide ? 8 : 4, convXV: wide ? 16 : 8, convXN: 2, convLocal: [1, 1, 1],
+                                elementwiseGroup: 1, elementwisePerItem: 4096,
+                                normPartitions: 4 * max(device.computeUnits, 1), normChunked: true,
+                                voxelLocal: [16, 1, 1])
+        }
+        // GPUs: many light work-items, coalesced along x.
+        return DeviceTuning(convKB: 4, convXV: 4, convXN: 1, convLocal: [8, 8, 1],
+                            elementwiseGroup: 256, elementwisePerItem: 4,
+                            normPartitions: 256, normChunked: false, voxelLocal: [32, 4, 1])
+    }
+}

@@ -1,0 +1,66 @@
+/// Where every activation of one run lives: value shapes for a concrete input, the storage each
+/// value uses (values computed in place share one), and the arena offsets of those storages.
+public struct ExecutionPlan: Sendable {
+    public let inputShape: [Int]
+    public let shapes: [String: [Int]]
+    /// Storage id of each activation value.
+    let storageOf: [String: Int]
+    /// Storage id of the scratch space of a node (normalization statistics), by node index.
+    let scratchOf: [Int: Int]
+    let storageBytes: [Int: Int]
+    public let arena: MemoryPlanner.Plan
+    /// Weights resident for the whole run.
+    public let weightBytes: Int
+
+    /// Device bytes this run needs at its peak: weights plus the activation arena.
+    public var peakBytes: Int { weightBytes + arena.arenaBytes }
+}
+
+extension Network {
+    /// Shapes and memory layout for an input of `inputShape` (1 x C x D x H x W).
+    public func plan(inputShape: [Int]) throws -> ExecutionPlan {
+        let shapes = try ShapeInference.infer(graph: graph, order: order, inputShape: inputShape, constants: constantShapes)
+        let outputs = Set(graph.outputs.map(\.name))
+        func bytes(_ value: String) throws -> Int {
+            guard let n = checkedElementCount(shapes[value] ?? [], limit: 1 << 40) else {
+                throw CascadeSegError.budget("tensor '\(value)' of shape \(shapes[value] ?? []) is too large")
+            }
+            return n * 4
+        }
+        // Steps: 0 uploads the input, node i runs at step i + 1, step n + 1 downloads outputs.
+        let final = order.count + 1
+        var lastUse: [String: Int] = [graph.input.name: 0]
+        for (i, node) in order.enumerated() {
+            for input in node.inputs where !input.isEmpty && constantShapes[input] == nil { lastUse[input] = i + 1 }
+            for output in node.outputs { lastUse[output] = max(lastUse[output] ?? 0, i + 1) }
+        }
+        for o in outputs { lastUse[o] = final }
+
+        var storageOf: [String: Int] = [:]
+        var requests: [Int: MemoryPlanner.Request] = [:]
+        func newStorage(bytes: Int, first: Int, last: Int) -> Int {
+            let id = requests.count
+            requests[id] = .init(id: id, bytes: bytes, firstUse: first, lastUse: last)
+            return id
+        }
+        storageOf[graph.input.name] = newStorage(bytes: try bytes(graph.input.name), first: 0, last: lastUse[graph.input.name]!)
+        var scratchOf: [Int: Int] = [:]
+        for (i, node) in order.enumerated() {
+            let step = i + 1
+            let out = node.outputs[0]
+            if lowered[i].canRunInPlace, let x = node.input(0), let s = storageOf[x],
+               requests[s]!.lastUse == step, !outputs.contains(x), try bytes(x) == bytes(out) {
+                storageOf[out] = s
+                requests[s]!.lastUse = max(requests[s]!.lastUse, lastUse[out] ?? step)
+            } else {
+                storageOf[out] = newStorage(bytes: try bytes(out), first: step, last: lastUse[out] ?? step)
+            }
+            if case .norm(let n) = lowered[i] {
+                scratchOf[i] = newStorage(bytes: (n.groups * tuning.normPartitions + 2 * n.groups) * 4, first: step, last: step)
+            }
+        }
+        let arena = MemoryPlanner.plan(Array(requests.values), alignment: max(context.device.baseAddressAlignBytes, 64))
+        return ExecutionPlan(inputShape: inputShape, shapes: shapes, storageOf: storageOf, scratchOf: scratchOf,
+                             storageBytes: requests.mapValues(\.bytes), arena: arena, weightBytes: weightBytes)
+    }
+}

@@ -1,0 +1,141 @@
+/// One graph loaded on one device, ready to run on inputs of any size its graph allows.
+///
+/// Loading optimizes the graph (BatchNorm folding, activation fusion), picks a kernel for each
+/// node and uploads the weights in the layout that kernel reads. Running plans the activations
+/// into one arena (liveness-based, in place where safe), launches the kernels in order and
+/// reports the exact peak of device memory.
+public final class Network {
+    public let graph: Graph
+    public let context: ComputeContext
+    public let tuning: DeviceTuning
+    /// Bytes of device memory the uploaded weights hold for as long as the network lives.
+    public private(set) var weightBytes = 0
+    public private(set) var parameterCount = 0
+
+    let order: [Node]
+    let constantShapes: [String: [Int]]
+    var lowered: [LoweredOp] = []
+
+    public init(graph original: Graph, weights originalWeights: [String: Tensor], context: ComputeContext,
+                tuning: DeviceTuning? = nil) throws {
+        let (graph, weights) = try GraphOptimizer.optimize(original, weights: originalWeights)
+        self.graph = graph
+        self.context = context
+        self.tuning = tuning ?? DeviceTuning.defaults(for: context.device)
+        let constants = Set(weights.keys)
+        order = try graph.validatedOrder(constants: constants)
+        constantShapes = weights.mapValues(\.shape)
+        parameterCount = weights.values.reduce(0) { $0 + $1.count }
+        // Check every node against a probe shape, so attribute errors surface at load time.
+        lowered = try order.map { try lower($0, weights: weights) }
+    }
+
+    /// Convenience: stage `stage` (1-based) of a model file.
+    public convenience init(model: ModelFile, stage: Int = 1, context: ComputeContext, tuning: DeviceTuning? = nil) throws {
+        try self.init(graph: try model.stageGraph(stage), weights: model.weights, context: context, tuning: tuning)
+    }
+
+    private func upload(_ values: [Float], _ label: String) throws -> DeviceBuffer {
+        let buffer = try context.upload(values, label: label)
+        weightBytes += buffer.byteCount
+        return buffer
+    }
+
+    private func constant(_ name: String?, in weights: [String: Tensor], node: Node) throws -> Tensor {
+        guard let name, let t = weights[name] else {
+            throw CascadeSegError.invalidGraph("node '\(node.name)' (\(node.op.rawValue)) needs a weight tensor as input, got '\(name ?? "")'")
+        }
+        return t
+    }
+
+    func convProgram(blockSize: Int, kernelWidth: Int) throws -> CompiledProgram {
+        try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(tuning.convXN)",
+                                                   "KX": "\(kernelWidth)"])
+    }
+
+    private func lower(_ node: Node, weights: [String: Tensor]) throws -> LoweredOp {
+        switch node.op {
+        case .conv, .convTranspose:
+            let w = try constant(node.input(1), in: weights, node: node)
+            let b = try node.input(2).map { try constant($0, in: weights, node: node) }
+            let inChannels = node.op == .conv ? w.shape[1] * (try node.int("group", default: 1)) : w.shape[0]
+            let params = try ConvParameters(node: node, inputChannels: inChannels, weightShape: w.shape, biasShape: b?.shape)
+            let kind: LoweredOp.ConvKernel
+            var kb = tuning.convKB
+            if params.transposed {
+                guard params.group == 1 else { throw CascadeSegError.invalidGraph("node '\(node.name)': grouped ConvTranspose is not supported") }
+                kind = params.kernel == [2, 2, 2] && params.strides == [2, 2, 2] && params.dilations == [1, 1, 1]
+                    && params.padsBegin == [0, 0, 0] && params.padsEnd == [0, 0, 0] && params.outputPadding == [0, 0, 0]
+                    ? .transposeK2S2 : .transposeGeneral
+            } else if params.group == 1 && params.strides == [1, 1, 1] && params.dilations == [1, 1, 1] && params.kernel[2] <= 7 {
+                kind = .stride1
+            } else {
+                kind = .general
+                if params.group > 1 { kb = 1 }
+            }
+            let layout = params.transposed ? WeightLayout.blockedConvTranspose(w, blockSize: kb) : WeightLayout.blockedConv(w, blockSize: kb)
+            let program = try convProgram(blockSize: kb, kernelWidth: kind == .stride1 ? params.kernel[2] : 3)
+            return .conv(.init(params: params, kernel: kind, blockSize: kb, program: program,
+                               weights: try upload(layout, "weights of \(node.name)"),
+                               bias: try upload(WeightLayout.paddedBias(b, channels: params.outChannels, blockSize: kb), "bias of \(node.name)")))
+        case .maxPool, .averagePool:
+            return .pool(try PoolParameters(node: node))
+        case .instanceNormalization, .groupNormalization:
+            let scale = try constant(node.input(1), in: weights, node: node)
+            let bias = try constant(node.input(2), in: weights, node: node)
+            guard scale.count == bias.count else { throw CascadeSegError.invalidGraph("node '\(node.name)': scale and bias differ in size") }
+            let groups = node.op == .instanceNormalization ? scale.count : try node.int("num_groups")
+            guard groups >= 1, scale.count % groups == 0 else {
+                throw CascadeSegError.invalidGraph("node '\(node.name)': num_groups \(groups) must divide \(scale.count) channels")
+            }
+            return .norm(.init(groups: groups, epsilon: Float(try node.float("epsilon", default: 1e-5)),
+                               activation: try FusedActivation(node: node),
+                               scale: try upload(scale.data, "scale of \(node.name)"), bias: try upload(bias.data, "bias of \(node.name)")))
+        case .batchNormalization:
+            let gamma = try constant(node.input(1), in: weights, node: node), beta = try constant(node.input(2), in: weights, node: node)
+            let mean = try constant(node.input(3), in: weights, node: node), variance = try constant(node.input(4), in: weights, node: node)
+            guard gamma.count == beta.count, mean.count == gamma.count, variance.count == gamma.count else {
+                throw CascadeSegError.invalidGraph("node '\(node.name)': BatchNormalization parameters differ in size")
+            }
+            let epsilon = try node.float("epsilon", default: 1e-5)
+            var scale = [Float](), shift = [Float]()
+            for c in 0..<gamma.count {
+                let s = Double(gamma.data[c]) / (Double(variance.data[c]) + epsilon).squareRoot()
+                scale.append(Float(s))
+                shift.append(Float(Double(beta.data[c]) - Double(mean.data[c]) * s))
+            }
+            return .channelAffine(scale: try upload(scale, "scale of \(node.name)"), shift: try upload(shift, "shift of \(node.name)"))
+        case .relu: return .unary(.relu)
+        case .leakyRelu: return .unary(.leakyRelu(alpha: Float(try node.float("alpha", default: 0.01))))
+        case .sigmoid: return .unary(.sigmoid)
+        case .tanh: return .unary(.tanh)
+        case .identity: return .identity
+        case .prelu:
+            let slope = try constant(node.input(1), in: weights, node: node)
+            return .prelu(slope: try upload(slope.data, "slope of \(node.name)"), perChannel: slope.count > 1)
+        case .add, .mul:
+            guard node.inputs.count == 2, let a = node.input(0), let b = node.input(1) else {
+                throw CascadeSegError.invalidGraph("node '\(node.name)' (\(node.op.rawValue)) needs two inputs")
+            }
+            let activation = try FusedActivation(node: node)
+            if weights[a] != nil && weights[b] != nil {
+                throw CascadeSegError.invalidGraph("node '\(node.name)': both operands are constants (fold them before conversion)")
+            }
+            if let c = weights[b] { return .binary(isMul: node.op == .mul, constant: try upload(c.data, "operand of \(node.name)"), swapped: false, activation: activation) }
+            if let c = weights[a] { return .binary(isMul: node.op == .mul, constant: try upload(c.data, "operand of \(node.name)"), swapped: true, activation: activation) }
+            return .binary(isMul: node.op == .mul, constant: nil, swapped: false, activation: activation)
+        case .concat:
+            return .concat
+        case .resize:
+            return .resize(try ResizeParameters(node: node))
+        case .softmax:
+            return .softmax
+        case .argMax:
+            return .argMax
+        case .pad:
+            return .pad(try PadParameters(node: node))
+        case .slice:
+            return .slice(try SliceParameters(node: node))
+        }
+    }
+}

@@ -1,0 +1,221 @@
+import Foundation
+
+/// The result of one forward pass.
+public struct RunResult: Sendable {
+    /// Graph outputs by name, in host memory.
+    public var outputs: [String: Tensor]
+    /// Highest number of device bytes held during the run (weights included), measured by the
+    /// engine's count of live buffers.
+    public var peakDeviceBytes: Int
+    /// What the plan predicted for this network alone (weights + arena).
+    public var plannedPeakBytes: Int
+    public var seconds: Double
+    /// Per-node wall time, when profiling was requested (each node then waits for the device).
+    public var profile: [(node: String, op: OpType, seconds: Double)]
+}
+
+extension Network {
+    /// Runs the graph on one input (1 x C x D x H x W, or C x D x H x W).
+    public func run(_ input: Tensor, profile: Bool = false) throws -> RunResult {
+        let shape = input.shape.count == 4 ? [1] + input.shape : input.shape
+        if let bad = input.data.firstIndex(where: { !$0.isFinite }) {
+            throw CascadeSegError.invalidInput("input value \(bad) is \(input.data[bad]) (NaN or infinite values are not accepted)")
+        }
+        let plan = try self.plan(inputShape: shape)
+        let start = DispatchTime.now()
+        context.memory.resetPeak()
+        var timings: [(String, OpType, Double)] = []
+        var outputs: [String: Tensor] = [:]
+        do {
+            let arena = try context.allocate(bytes: plan.arena.arenaBytes, label: "activations of '\(graph.name)' for input \(shape)")
+            var views: [Int: DeviceBuffer] = [:]
+            func view(_ storage: Int) throws -> DeviceBuffer {
+                if let v = views[storage] { return v }
+                let v = try context.view(of: arena, offset: plan.arena.offsets[storage]!, bytes: max(plan.storageBytes[storage]!, 4))
+                views[storage] = v
+                return v
+            }
+            func buffer(_ value: String) throws -> DeviceBuffer { try view(plan.storageOf[value]!) }
+            try context.upload(input.data, to: try buffer(graph.input.name))
+            for (i, node) in order.enumerated() {
+                let t0 = DispatchTime.now()
+                try execute(i, node: node, plan: plan, buffer: buffer, scratch: { try view(plan.scratchOf[i]!) })
+                if profile {
+                    try context.finish()
+                    timings.append((node.name, node.op, Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9))
+                }
+            }
+            for o in graph.outputs {
+                let s = plan.shapes[o.name]!
+                outputs[o.name] = Tensor(shape: s, data: try context.download(try buffer(o.name), count: s.reduce(1, *)))
+            }
+            try context.finish()
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        return RunResult(outputs: outputs, peakDeviceBytes: context.memory.peakBytes, plannedPeakBytes: plan.peakBytes,
+                         seconds: seconds, profile: timings)
+    }
+
+    /// The first output of a single-output run, for convenience.
+    public func callAsFunction(_ input: Tensor) throws -> Tensor {
+        let result = try run(input)
+        return result.outputs[graph.outputs[0].name]!
+    }
+
+    // MARK: - Kernel launches
+
+    private func execute(_ index: Int, node: Node, plan: ExecutionPlan, buffer: (String) throws -> DeviceBuffer,
+                         scratch: () throws -> DeviceBuffer) throws {
+        let outShape = plan.shapes[node.outputs[0]]!
+        let out = try buffer(node.outputs[0])
+        func int(_ v: Int) -> KernelArgument { .int(Int32(v)) }
+        func long(_ v: Int) -> [KernelArgument] { [.long(Int64(v))] }
+        let voxelGlobal = { (s: [Int]) in [s[4], s[3], s[2] * s[1]] }
+        let local = tuning.voxelLocal
+        func elementwiseProgram() throws -> CompiledProgram {
+            try context.program("elementwise.cl", defines: ["GROUP": "\(tuning.elementwiseGroup)", "PER_ITEM": "\(tuning.elementwisePerItem)"])
+        }
+        func elementwiseGlobal(_ n: Int) -> [Int] {
+            [(n + tuning.elementwisePerItem * tuning.elementwiseGroup - 1) / (tuning.elementwisePerItem * tuning.elementwiseGroup) * tuning.elementwiseGroup]
+        }
+        let count = outShape.reduce(1, *)
+        let spatial = outShape[2] * outShape[3] * outShape[4]
+
+        switch lowered[index] {
+        case .conv(let c):
+            let xShape = plan.shapes[node.inputs[0]]!
+            let x = try buffer(node.inputs[0])
+            let p = c.params
+            let (act, alpha) = p.activation.kernelCode
+            let common: [KernelArgument] = [.buffer(x), .buffer(c.weights), .buffer(c.bias), .buffer(out),
+                                            int(xShape[1]), int(xShape[2]), int(xShape[3]), int(xShape[4]),
+                                            int(outShape[1]), int(outShape[2]), int(outShape[3]), int(outShape[4])]
+            let blocks = (p.outChannels + c.blockSize - 1) / c.blockSize
+            let xw = tuning.convXV * tuning.convXN
+            switch c.kernel {
+            case .stride1:
+                try context.launch(c.program, "conv3d_s1", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+                                   local: tuning.convLocal,
+                                   common + [int(p.kernel[0]), int(p.kernel[1]), int(p.padsBegin[0]), int(p.padsBegin[1]), int(p.padsBegin[2]),
+                                             int(act), .float(alpha)])
+            case .general:
+                try context.launch(c.program, "conv3d_general", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+                                   local: tuning.convLocal,
+                                   common + (p.kernel + p.strides + p.dilations + p.padsBegin).map(int) + [int(p.group), int(act), .float(alpha)])
+            case .transposeGeneral:
+                try context.launch(c.program, "conv_transpose3d_general", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+                                   local: tuning.convLocal,
+                                   common + (p.kernel + p.strides + p.dilations + p.padsBegin).map(int) + [int(act), .float(alpha)])
+            case .transposeK2S2:
+                try context.launch(c.program, "conv_transpose3d_k2s2", global: [(xShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+                                   local: tuning.convLocal, common + [int(act), .float(alpha)])
+            }
+
+        case .pool(let p):
+            let xShape = plan.shapes[node.inputs[0]]!
+            let program = try context.program("pool.cl")
+            try context.launch(program, "pool3d", global: voxelGlobal(outShape), local: local,
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out)]
+                               + (Array(xShape[2...]) + Array(outShape[2...]) + p.kernel + p.strides + p.dilations + p.padsBegin).map(int)
+                               + [int(p.isMax ? 1 : 0), int(p.countIncludePad ? 1 : 0)])
+
+        case .norm(let n):
+            let x = try buffer(node.inputs[0])
+            let stats = try scratch()
+            let program = try context.program("norm.cl", defines: ["CHUNKED": tuning.normChunked ? "1" : "0",
+                                                                  "GROUP": "\(tuning.elementwiseGroup)", "PER_ITEM": "\(tuning.elementwisePerItem)"])
+            // Scratch layout: [0, 2G) statistics, [2G, 2G + G*P) partial sums. Both in one view
+            // would alias two kernel arguments, so the partial sums get their own view.
+            let partitions = tuning.normPartitions
+            let partials = try context.view(of: stats, offset: 0, bytes: n.groups * partitions * 4)
+            let statsView = try context.view(of: stats, offset: n.groups * partitions * 4, bytes: 2 * n.groups * 4)
+            let len = count / n.groups
+            for pass in 0..<2 {
+                try context.launch(program, "norm_partial_sums", global: [partitions, n.groups], local: [1, 1],
+                                   [.buffer(x), .buffer(statsView), .buffer(partials)] + long(len) + [int(partitions), int(pass)])
+                try context.launch(program, "norm_finalize", global: [n.groups], local: [1],
+                                   [.buffer(partials), .buffer(statsView)] + long(len) + [int(partitions), int(n.groups), int(pass), .float(n.epsilon)])
+            }
+            let (act, alpha) = n.activation.kernelCode
+            try context.launch(program, "norm_apply", global: [elementwiseGlobal(spatial)[0], outShape[1]], local: [tuning.elementwiseGroup, 1],
+                               [.buffer(x), .buffer(out), .buffer(statsView), .buffer(n.scale), .buffer(n.bias)] + long(spatial)
+                               + [int(outShape[1] / n.groups), int(act), .float(alpha)])
+
+        case .channelAffine(let scale, let shift):
+            try context.launch(try elementwiseProgram(), "channel_affine", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out), .buffer(scale), .buffer(shift)] + long(count) + long(spatial)
+                               + [int(0), .float(0)])
+
+        case .unary(let activation):
+            let (act, alpha) = activation.kernelCode
+            try context.launch(try elementwiseProgram(), "unary", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out)] + long(count) + [int(act), .float(alpha)])
+
+        case .identity:
+            let x = try buffer(node.inputs[0])
+            if x !== out { try context.copy(from: x, sourceOffsetFloats: 0, to: out, destinationOffsetFloats: 0, count: count) }
+
+        case .prelu(let slope, let perChannel):
+            try context.launch(try elementwiseProgram(), "prelu", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out), .buffer(slope)] + long(count) + long(spatial) + [int(perChannel ? 1 : 0)])
+
+        case .binary(let isMul, let constant, let swapped, let activation):
+            let aName = swapped ? node.inputs[1] : node.inputs[0]
+            let bName = swapped ? node.inputs[0] : node.inputs[1]
+            let a = try buffer(aName)
+            let b = try constant ?? buffer(bName)
+            let bShape = plan.shapes[bName] ?? constantShapes[bName]!
+            let mode: Int
+            switch Broadcast.classify(bShape, against: outShape)! { case .same: mode = 0; case .perChannel: mode = 1; case .scalar: mode = 2 }
+            let (act, alpha) = activation.kernelCode
+            try context.launch(try elementwiseProgram(), "binary", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
+                               [.buffer(a), .buffer(b), .buffer(out)] + long(count) + long(spatial)
+                               + [int(mode), int(isMul ? 1 : 0), int(act), .float(alpha)])
+
+        case .concat:
+            var offset = 0
+            for input in node.inputs {
+                let n = plan.shapes[input]!.reduce(1, *)
+                try context.copy(from: try buffer(input), sourceOffsetFloats: 0, to: out, destinationOffsetFloats: offset, count: n)
+                offset += n
+            }
+
+        case .resize(let r):
+            let xShape = plan.shapes[node.inputs[0]]!
+            let scales = (0..<3).map { Float(r.scale(axis: $0, input: xShape[2 + $0], output: outShape[2 + $0])) }
+            let transform: Int
+            switch r.transform { case .halfPixel: transform = 0; case .alignCorners: transform = 1; case .asymmetric: transform = 2; case .pytorchHalfPixel: transform = 3 }
+            let program = try context.program("resize.cl")
+            var args: [KernelArgument] = [.buffer(try buffer(node.inputs[0])), .buffer(out)]
+                + (Array(xShape[2...]) + Array(outShape[2...])).map(int) + scales.map { .float($0) } + [int(transform)]
+            if r.mode == .nearest {
+                let rounding: Int
+                switch r.rounding { case .roundPreferFloor: rounding = 0; case .roundPreferCeil: rounding = 1; case .floor: rounding = 2; case .ceil: rounding = 3 }
+                args.append(int(rounding))
+                try context.launch(program, "resize_nearest", global: voxelGlobal(outShape), local: local, args)
+            } else {
+                try context.launch(program, "resize_linear", global: voxelGlobal(outShape), local: local, args)
+            }
+
+        case .softmax, .argMax:
+            let xShape = plan.shapes[node.inputs[0]]!
+            let name = { if case .softmax = self.lowered[index] { return "softmax_channels" } else { return "argmax_channels" } }()
+            try context.launch(try context.program("channelwise.cl"), name, global: [spatial], local: [local[0]],
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out), int(xShape[1])] + long(spatial))
+
+        case .pad(let p):
+            let xShape = plan.shapes[node.inputs[0]]!
+            let mode = p.mode == .constant ? 0 : p.mode == .reflect ? 1 : 2
+            try context.launch(try context.program("layout.cl"), "pad3d", global: voxelGlobal(outShape), local: local,
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out)]
+                               + (Array(xShape[2...]) + Array(outShape[2...]) + p.padsBegin).map(int) + [int(mode), .float(p.value)])
+
+        case .slice(let s):
+            let xShape = plan.shapes[node.inputs[0]]!
+            let resolved = try s.resolve(xShape)
+            try context.launch(try context.program("layout.cl"), "slice5d", global: voxelGlobal(outShape), local: local,
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out)]
+                               + (Array(xShape[2...]) + Array(outShape[2...]) + Array(resolved.starts[1...]) + Array(resolved.steps[1...])).map(int))
+        }
+    }
+}
