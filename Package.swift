@@ -32,6 +32,8 @@ let package = Package(
                 path: "Sources/CascadeSeg",
                 plugins: ["EmbedKernels"]),
         .executableTarget(name: "cascadeseg", dependencies: ["CascadeSeg"], path: "Sources/cascadeseg"),
+        // libFuzzer target for the model reader: `make fuzz`. A plain build gives a seed/replay tool.
+        .executableTarget(name: "FuzzModelReader", dependencies: ["CascadeSeg"], path: "Sources/FuzzModelReader"),
         .testTarget(name: "CascadeSegTests", dependencies: ["CascadeSeg"],
                     path: "Tests/CascadeSegTests",
                     resources: [.copy("Fixtures")]),

@@ -8,11 +8,12 @@
 //   KB  output channels per work-item
 //   XV  vector width along x (4, 8 or 16)
 //   XN  vectors along x per work-item (so XW = XV * XN outputs per row)
-//   KX  kernel width (for the stride-1 kernel, so the row loop unrolls into register shuffles)
+//   KX  kernel width and SX stride along x of conv3d_blocked (so its inner loop fully unrolls)
 #include "common.h"
 
 #define XW (XV * XN)
-#define CAT(a, b) a##b
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
 #define VEC(n) CAT(float, n)
 #define VLOAD(n) CAT(vload, n)
 #define VSTORE(n) CAT(vstore, n)
@@ -30,15 +31,60 @@ inline floatv activate_v(floatv x, int code, float alpha) {
     }
 }
 
-// Stride 1, dilation 1, group 1, any padding. Work-item (xb, y, z + D_out * kb) computes
-// XW consecutive outputs along x for KB output channels. Each input row segment the work-item
-// needs is loaded once into registers, then every kx tap reads it at a shifted offset.
-__kernel void conv3d_s1(
+#if XV == 4
+#define LANES (int4)(0, 1, 2, 3)
+#define intv int4
+#elif XV == 8
+#define LANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
+#define intv int8
+#else
+#define LANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define intv int16
+#endif
+
+// Loads the XV input values that output lanes x0 + j*XV + i read at tap kx. SX is the stride
+// along x (1 or 2). With stride 2 the lanes read every other value of 2*XV consecutive ones.
+#if SX == 1
+#define LOAD_TAP(p) vloadv(0, (p))
+#elif XV == 16
+#define LOAD_TAP(p) ((float16)(vload16(0, (p)).even, vload16(0, (p) + 16).even))
+#elif XV == 8
+#define LOAD_TAP(p) (vload16(0, (p)).even)
+#else
+#define LOAD_TAP(p) (vload8(0, (p)).even)
+#endif
+
+// Accumulates one (kz, ky) row pair over all input channels: the innermost loop has a fixed
+// trip count and no branches. MASKED zeroes the lanes that fall outside the row (x < 0 or
+// x >= W); their loads still read inside the activation arena, whose guard band covers them.
+#define ACCUMULATE_ROWS(MASKED)                                                        \
+    for (int c = 0; c < C; ++c, src += cstride, wt += wstride) {                       \
+        _Pragma("unroll")                                                              \
+        for (int kx = 0; kx < KX; ++kx) {                                              \
+            floatv v[XN];                                                              \
+            _Pragma("unroll")                                                          \
+            for (int j = 0; j < XN; ++j) {                                             \
+                v[j] = LOAD_TAP(src + kx + j * XV * SX);                               \
+                if (MASKED) v[j] = select((floatv)(0.0f), v[j], valid[kx][j]);         \
+            }                                                                          \
+            _Pragma("unroll")                                                          \
+            for (int k = 0; k < KB; ++k) {                                             \
+                const floatv wv = (floatv)(wt[kx * KB + k]);                           \
+                _Pragma("unroll")                                                      \
+                for (int j = 0; j < XN; ++j) acc[k][j] = fma(v[j], wv, acc[k][j]);     \
+            }                                                                          \
+        }                                                                              \
+    }
+
+// Group 1, dilation 1, stride SX along x (compile-time 1 or 2) and any stride along z and y,
+// any padding, kernel width KX (compile-time). Work-item (xb, y, z + D_out * kb) computes
+// XW consecutive outputs along x for KB output channels.
+__kernel void conv3d_blocked(
     __global const float* restrict in, __global const float* restrict w, __global const float* restrict bias,
     __global float* restrict out,
     int C, int D, int H, int W,          // input
     int K, int OD, int OH, int OW,       // output
-    int KD, int KH, int padD, int padH, int padW,
+    int KD, int KH, int sD, int sH, int padD, int padH, int padW,
     int act, float alpha)
 {
     const int xb = get_global_id(0);
@@ -57,43 +103,33 @@ __kernel void conv3d_s1(
     }
 
     const int kvol = KD * KH * KX;
-    const int xs = x0 - padW;
-    const bool rowInside = xs >= 0 && xs + XW + KX - 1 <= W;
-    __global const float* wk = w + (size_t)kb * C * kvol * KB;
+    const int xs = x0 * SX - padW;                      // first input x this block reads
+    const int span = (XW - 1) * SX + KX;                // input values it reads per row
+    const bool inside = xs >= 0 && xs + span <= W;
+    intv valid[KX][XN];
+    #pragma unroll
+    for (int kx = 0; kx < KX; ++kx) {
+        #pragma unroll
+        for (int j = 0; j < XN; ++j) {
+            const intv x = (intv)(xs + kx + j * XV * SX) + LANES * SX;
+            valid[kx][j] = x >= (intv)(0) && x < (intv)(W);
+        }
+    }
+    const size_t cstride = (size_t)D * H * W;
+    const size_t wstride = (size_t)kvol * KB;
 
-    for (int c = 0; c < C; ++c) {
-        __global const float* inc = in + (size_t)c * D * H * W;
-        for (int kz = 0; kz < KD; ++kz) {
-            const int iz = oz + kz - padD;
-            if (iz < 0 || iz >= D) continue;
-            for (int ky = 0; ky < KH; ++ky) {
-                const int iy = oy + ky - padH;
-                if (iy < 0 || iy >= H) continue;
-                __global const float* rowp = inc + ((size_t)iz * H + iy) * W;
-                float row[XW + KX - 1];
-                if (rowInside) {
-                    #pragma unroll
-                    for (int i = 0; i < XW + KX - 1; ++i) row[i] = rowp[xs + i];
-                } else {
-                    #pragma unroll
-                    for (int i = 0; i < XW + KX - 1; ++i) {
-                        const int ix = xs + i;
-                        row[i] = (ix >= 0 && ix < W) ? rowp[ix] : 0.0f;
-                    }
-                }
-                __global const float* wt = wk + (size_t)((c * KD + kz) * KH + ky) * KX * KB;
-                #pragma unroll
-                for (int kx = 0; kx < KX; ++kx) {
-                    floatv v[XN];
-                    #pragma unroll
-                    for (int j = 0; j < XN; ++j) v[j] = vloadv(0, row + kx + j * XV);
-                    #pragma unroll
-                    for (int k = 0; k < KB; ++k) {
-                        const float wv = wt[kx * KB + k];
-                        #pragma unroll
-                        for (int j = 0; j < XN; ++j) acc[k][j] = fma(v[j], (floatv)(wv), acc[k][j]);
-                    }
-                }
+    for (int kz = 0; kz < KD; ++kz) {
+        const int iz = oz * sD + kz - padD;
+        if (iz < 0 || iz >= D) continue;
+        for (int ky = 0; ky < KH; ++ky) {
+            const int iy = oy * sH + ky - padH;
+            if (iy < 0 || iy >= H) continue;
+            __global const float* src = in + ((size_t)iz * H + iy) * W + xs;
+            __global const float* wt = w + (size_t)kb * C * wstride + (size_t)(kz * KH + ky) * KX * KB;
+            if (inside) {
+                ACCUMULATE_ROWS(0)
+            } else {
+                ACCUMULATE_ROWS(1)
             }
         }
     }
@@ -316,12 +352,27 @@ __kernel void conv_transpose3d_k2s2(
         __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
         #pragma unroll
         for (int j = 0; j < XN; ++j) {
-            float t0[XV], t1[XV];
-            vstorev(activate_v(acc0[k][j] + (floatv)(bb), act, alpha), 0, t0);
-            vstorev(activate_v(acc1[k][j] + (floatv)(bb), act, alpha), 0, t1);
-            for (int i = 0; i < XV; ++i) {
-                const int ix = x0 + j * XV + i;
-                if (ix < W) { o[2 * ix] = t0[i]; o[2 * ix + 1] = t1[i]; }
+            const floatv r0 = activate_v(acc0[k][j] + (floatv)(bb), act, alpha);
+            const floatv r1 = activate_v(acc1[k][j] + (floatv)(bb), act, alpha);
+            const int ix0 = x0 + j * XV;
+            if (full) {
+                // Interleave the two x taps into 2*XV consecutive outputs.
+#if XV == 4
+                vstore8(shuffle2(r0, r1, (uint8)(0, 4, 1, 5, 2, 6, 3, 7)), 0, o + 2 * ix0);
+#elif XV == 8
+                vstore16(shuffle2(r0, r1, (uint16)(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15)), 0, o + 2 * ix0);
+#else
+                vstore16(shuffle2(r0, r1, (uint16)(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)), 0, o + 2 * ix0);
+                vstore16(shuffle2(r0, r1, (uint16)(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)), 0, o + 2 * ix0 + 16);
+#endif
+            } else {
+                float t0[XV], t1[XV];
+                vstorev(r0, 0, t0);
+                vstorev(r1, 0, t1);
+                for (int i = 0; i < XV; ++i) {
+                    const int ix = ix0 + i;
+                    if (ix < W) { o[2 * ix] = t0[i]; o[2 * ix + 1] = t1[i]; }
+                }
             }
         }
     }

@@ -19,13 +19,13 @@ __kernel void unary(__global const float* x, __global float* y, long n, int act,
     END_FOR_EACH
 }
 
-// PReLU with one slope (perChannel 0) or one per channel. May run in place.
+// PReLU with one slope (mode 0), one per channel (1) or one per value (2). May run in place.
 __kernel void prelu(__global const float* x, __global float* y, __global const float* restrict slope,
-                    long n, long spatial, int perChannel)
+                    long n, long spatial, int mode)
 {
     FOR_EACH_INDEX(n)
         const float v = x[i];
-        const float a = slope[perChannel ? (int)(i / spatial) : 0];
+        const float a = slope[mode == 2 ? i : mode == 1 ? i / spatial : 0];
         y[i] = v >= 0.0f ? v : v * a;
     END_FOR_EACH
 }

@@ -4,7 +4,8 @@
 __kernel void pool3d(__global const float* restrict in, __global float* restrict out,
                      int D, int H, int W, int OD, int OH, int OW,
                      int kD, int kH, int kW, int sD, int sH, int sW, int dD, int dH, int dW,
-                     int padD, int padH, int padW, int isMax, int countIncludePad)
+                     int padD, int padH, int padW, int padEndD, int padEndH, int padEndW,
+                     int isMax, int countIncludePad)
 {
     const int ox = get_global_id(0), oy = get_global_id(1), zc = get_global_id(2);
     if (ox >= OW || oy >= OH) return;
@@ -24,8 +25,9 @@ __kernel void pool3d(__global const float* restrict in, __global float* restrict
                     best = fmax(best, v);
                     sum += v;
                     count += 1;
-                } else if (countIncludePad && iz < D + padD && iy < H + padH && ix < W + padW) {
+                } else if (countIncludePad && iz < D + padEndD && iy < H + padEndH && ix < W + padEndW) {
                     count += 1;  // a padded position inside the padded extent counts as zero
+                                 // (the extent ends at the end pads, which may differ from the begin pads)
                 }
             }
         }

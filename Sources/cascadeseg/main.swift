@@ -1,1 +1,44 @@
+// The `cascadeseg` command-line tool.
 import CascadeSeg
+import Foundation
+
+let usage = """
+usage: cascadeseg COMMAND [options]
+
+commands:
+  devices                         list OpenCL devices
+  info MODEL.cseg                 metadata, graphs, parameters and sizes of a model
+  run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
+                                  run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
+  bench kernels [--device D] [--quick]
+                                  GFLOP/s of the convolution kernels and a whole U-Net
+
+--device picks a device by index, `cpu`, `gpu` or a name substring (see `cascadeseg devices`).
+"""
+
+func standardError(_ text: String) {
+    FileHandle.standardError.write((text + "\n").data(using: .utf8)!)
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let command = arguments.first, !["-h", "--help", "help"].contains(command) else {
+    print(usage)
+    exit(arguments.isEmpty ? 2 : 0)
+}
+do {
+    let rest = Array(arguments.dropFirst())
+    switch command {
+    case "devices": try DevicesCommand.run(rest)
+    case "info": try InfoCommand.run(rest)
+    case "run": try RunCommand.run(rest)
+    case "bench": try BenchCommand.run(rest)
+    default: throw CascadeSegError.usage("unknown command '\(command)'\n\n\(usage)")
+    }
+} catch let error as CascadeSegError {
+    if case .usage = error { standardError("cascadeseg: \(error)"); exit(2) }
+    standardError("cascadeseg: error: \(error)")
+    exit(1)
+} catch {
+    standardError("cascadeseg: error: \(error)")
+    exit(1)
+}

@@ -27,7 +27,7 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
             // CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about
             // 8 (AVX2) to 16 (AVX-512) vector accumulators so nothing spills.
             let wide = device.preferredFloatVectorWidth >= 16
-            return DeviceTuning(convKB: wide ? 8 : 4, convXV: wide ? 16 : 8, convXN: 2, convLocal: [1, 1, 1],
+            return DeviceTuning(convKB: 8, convXV: wide ? 16 : 8, convXN: wide ? 2 : 1, convLocal: [1, 1, 1],
                                 elementwiseGroup: 1, elementwisePerItem: 4096,
                                 normPartitions: 4 * max(device.computeUnits, 1), normChunked: true,
                                 voxelLocal: [16, 1, 1])

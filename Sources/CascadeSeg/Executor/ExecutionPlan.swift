@@ -12,8 +12,16 @@ public struct ExecutionPlan: Sendable {
     /// Weights resident for the whole run.
     public let weightBytes: Int
 
+    /// The blocked convolution reads whole vectors at row ends and masks the lanes outside the
+    /// row, so its loads may reach a little before the first and after the last tensor of the
+    /// arena; a guard band on both sides keeps those reads inside the allocation.
+    static let guardBytes = 4096
+
+    /// Bytes of the arena allocation, guard bands included.
+    public var arenaAllocationBytes: Int { arena.arenaBytes + 2 * Self.guardBytes }
+
     /// Device bytes this run needs at its peak: weights plus the activation arena.
-    public var peakBytes: Int { weightBytes + arena.arenaBytes }
+    public var peakBytes: Int { weightBytes + arenaAllocationBytes }
 }
 
 extension Network {
@@ -56,11 +64,23 @@ extension Network {
                 storageOf[out] = newStorage(bytes: try bytes(out), first: step, last: lastUse[out] ?? step)
             }
             if case .norm(let n) = lowered[i] {
-                scratchOf[i] = newStorage(bytes: (n.groups * tuning.normPartitions + 2 * n.groups) * 4, first: step, last: step)
+                scratchOf[i] = newStorage(bytes: normScratchLayout(groups: n.groups).bytes, first: step, last: step)
             }
         }
-        let arena = MemoryPlanner.plan(Array(requests.values), alignment: max(context.device.baseAddressAlignBytes, 64))
+        let arena = MemoryPlanner.plan(Array(requests.values), alignment: arenaAlignment)
         return ExecutionPlan(inputShape: inputShape, shapes: shapes, storageOf: storageOf, scratchOf: scratchOf,
                              storageBytes: requests.mapValues(\.bytes), arena: arena, weightBytes: weightBytes)
+    }
+
+    /// Alignment of every storage in the arena (each one is a sub-buffer, whose origin OpenCL
+    /// requires to be a multiple of the device's base address alignment).
+    var arenaAlignment: Int { max(context.device.baseAddressAlignBytes, 64) }
+
+    /// Scratch of a normalization node: the partial sums at offset 0, then the statistics (mean
+    /// and inverse deviation per group) at `statsOffset`, aligned so it can be its own view.
+    func normScratchLayout(groups: Int) -> (partialBytes: Int, statsOffset: Int, bytes: Int) {
+        let partialBytes = groups * tuning.normPartitions * 4
+        let statsOffset = (partialBytes + arenaAlignment - 1) / arenaAlignment * arenaAlignment
+        return (partialBytes, statsOffset, statsOffset + 2 * groups * 4)
     }
 }

@@ -1,7 +1,8 @@
 /// A node prepared for one device: its parsed parameters, which kernel runs it, and the
 /// device copies of the weights it reads (in the layout that kernel wants).
 enum LoweredOp {
-    enum ConvKernel { case stride1, general, transposeK2S2, transposeGeneral }
+    /// `blocked`: register-blocked, group 1, dilation 1, x stride 1 or 2. `general`: anything else.
+    enum ConvKernel { case blocked, general, transposeK2S2, transposeGeneral }
 
     struct Conv {
         var params: ConvParameters

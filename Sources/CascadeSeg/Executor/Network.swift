@@ -48,9 +48,9 @@ public final class Network {
         return t
     }
 
-    func convProgram(blockSize: Int, kernelWidth: Int) throws -> CompiledProgram {
+    func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int) throws -> CompiledProgram {
         try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(tuning.convXN)",
-                                                   "KX": "\(kernelWidth)"])
+                                                   "KX": "\(kernelWidth)", "SX": "\(strideX)"])
     }
 
     private func lower(_ node: Node, weights: [String: Tensor]) throws -> LoweredOp {
@@ -67,14 +67,16 @@ public final class Network {
                 kind = params.kernel == [2, 2, 2] && params.strides == [2, 2, 2] && params.dilations == [1, 1, 1]
                     && params.padsBegin == [0, 0, 0] && params.padsEnd == [0, 0, 0] && params.outputPadding == [0, 0, 0]
                     ? .transposeK2S2 : .transposeGeneral
-            } else if params.group == 1 && params.strides == [1, 1, 1] && params.dilations == [1, 1, 1] && params.kernel[2] <= 7 {
-                kind = .stride1
+            } else if params.group == 1 && params.dilations == [1, 1, 1] && params.kernel[2] <= 7 && params.strides[2] <= 2 {
+                kind = .blocked
             } else {
                 kind = .general
                 if params.group > 1 { kb = 1 }
             }
             let layout = params.transposed ? WeightLayout.blockedConvTranspose(w, blockSize: kb) : WeightLayout.blockedConv(w, blockSize: kb)
-            let program = try convProgram(blockSize: kb, kernelWidth: kind == .stride1 ? params.kernel[2] : 3)
+            let program = kind == .blocked
+                ? try convProgram(blockSize: kb, kernelWidth: params.kernel[2], strideX: params.strides[2])
+                : try convProgram(blockSize: kb, kernelWidth: 3, strideX: 1)
             return .conv(.init(params: params, kernel: kind, blockSize: kb, program: program,
                                weights: try upload(layout, "weights of \(node.name)"),
                                bias: try upload(WeightLayout.paddedBias(b, channels: params.outChannels, blockSize: kb), "bias of \(node.name)")))

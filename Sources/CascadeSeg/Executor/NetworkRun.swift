@@ -27,11 +27,11 @@ extension Network {
         var timings: [(String, OpType, Double)] = []
         var outputs: [String: Tensor] = [:]
         do {
-            let arena = try context.allocate(bytes: plan.arena.arenaBytes, label: "activations of '\(graph.name)' for input \(shape)")
+            let arena = try context.allocate(bytes: plan.arenaAllocationBytes, label: "activations of '\(graph.name)' for input \(shape)")
             var views: [Int: DeviceBuffer] = [:]
             func view(_ storage: Int) throws -> DeviceBuffer {
                 if let v = views[storage] { return v }
-                let v = try context.view(of: arena, offset: plan.arena.offsets[storage]!, bytes: max(plan.storageBytes[storage]!, 4))
+                let v = try context.view(of: arena, offset: ExecutionPlan.guardBytes + plan.arena.offsets[storage]!, bytes: max(plan.storageBytes[storage]!, 4))
                 views[storage] = v
                 return v
             }
@@ -39,7 +39,10 @@ extension Network {
             try context.upload(input.data, to: try buffer(graph.input.name))
             for (i, node) in order.enumerated() {
                 let t0 = DispatchTime.now()
-                try execute(i, node: node, plan: plan, buffer: buffer, scratch: { try view(plan.scratchOf[i]!) })
+                // Scratch views are cut from the arena itself: OpenCL has no sub-buffers of sub-buffers.
+                try execute(i, node: node, plan: plan, buffer: buffer, scratch: { offset, bytes in
+                    try self.context.view(of: arena, offset: ExecutionPlan.guardBytes + plan.arena.offsets[plan.scratchOf[i]!]! + offset, bytes: bytes)
+                })
                 if profile {
                     try context.finish()
                     timings.append((node.name, node.op, Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9))
@@ -65,7 +68,7 @@ extension Network {
     // MARK: - Kernel launches
 
     private func execute(_ index: Int, node: Node, plan: ExecutionPlan, buffer: (String) throws -> DeviceBuffer,
-                         scratch: () throws -> DeviceBuffer) throws {
+                         scratch: (_ offset: Int, _ bytes: Int) throws -> DeviceBuffer) throws {
         let outShape = plan.shapes[node.outputs[0]]!
         let out = try buffer(node.outputs[0])
         func int(_ v: Int) -> KernelArgument { .int(Int32(v)) }
@@ -83,9 +86,15 @@ extension Network {
 
         switch lowered[index] {
         case .conv(let c):
-            let xShape = plan.shapes[node.inputs[0]]!
+            var xShape = plan.shapes[node.inputs[0]]!
+            var outShape = outShape
             let x = try buffer(node.inputs[0])
             let p = c.params
+            if c.kernel == .blocked, p.kernel == [1, 1, 1], p.strides == [1, 1, 1], p.padsBegin == [0, 0, 0], p.padsEnd == [0, 0, 0] {
+                // A pointwise convolution sees the volume as one long row: no row ends to mask.
+                xShape = [1, xShape[1], 1, 1, spatial]
+                outShape = [1, outShape[1], 1, 1, spatial]
+            }
             let (act, alpha) = p.activation.kernelCode
             let common: [KernelArgument] = [.buffer(x), .buffer(c.weights), .buffer(c.bias), .buffer(out),
                                             int(xShape[1]), int(xShape[2]), int(xShape[3]), int(xShape[4]),
@@ -93,11 +102,11 @@ extension Network {
             let blocks = (p.outChannels + c.blockSize - 1) / c.blockSize
             let xw = tuning.convXV * tuning.convXN
             switch c.kernel {
-            case .stride1:
-                try context.launch(c.program, "conv3d_s1", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+            case .blocked:
+                try context.launch(c.program, "conv3d_blocked", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
                                    local: tuning.convLocal,
-                                   common + [int(p.kernel[0]), int(p.kernel[1]), int(p.padsBegin[0]), int(p.padsBegin[1]), int(p.padsBegin[2]),
-                                             int(act), .float(alpha)])
+                                   common + [int(p.kernel[0]), int(p.kernel[1]), int(p.strides[0]), int(p.strides[1]),
+                                             int(p.padsBegin[0]), int(p.padsBegin[1]), int(p.padsBegin[2]), int(act), .float(alpha)])
             case .general:
                 try context.launch(c.program, "conv3d_general", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
                                    local: tuning.convLocal,
@@ -116,19 +125,19 @@ extension Network {
             let program = try context.program("pool.cl")
             try context.launch(program, "pool3d", global: voxelGlobal(outShape), local: local,
                                [.buffer(try buffer(node.inputs[0])), .buffer(out)]
-                               + (Array(xShape[2...]) + Array(outShape[2...]) + p.kernel + p.strides + p.dilations + p.padsBegin).map(int)
+                               + (Array(xShape[2...]) + Array(outShape[2...]) + p.kernel + p.strides + p.dilations + p.padsBegin + p.padsEnd).map(int)
                                + [int(p.isMax ? 1 : 0), int(p.countIncludePad ? 1 : 0)])
 
         case .norm(let n):
             let x = try buffer(node.inputs[0])
-            let stats = try scratch()
             let program = try context.program("norm.cl", defines: ["CHUNKED": tuning.normChunked ? "1" : "0",
                                                                   "GROUP": "\(tuning.elementwiseGroup)", "PER_ITEM": "\(tuning.elementwisePerItem)"])
-            // Scratch layout: [0, 2G) statistics, [2G, 2G + G*P) partial sums. Both in one view
-            // would alias two kernel arguments, so the partial sums get their own view.
+            // Scratch layout (normScratchLayout): partial sums, then the statistics at an aligned
+            // offset. Each gets its own view so that no two kernel arguments alias.
             let partitions = tuning.normPartitions
-            let partials = try context.view(of: stats, offset: 0, bytes: n.groups * partitions * 4)
-            let statsView = try context.view(of: stats, offset: n.groups * partitions * 4, bytes: 2 * n.groups * 4)
+            let layout = normScratchLayout(groups: n.groups)
+            let partials = try scratch(0, layout.partialBytes)
+            let statsView = try scratch(layout.statsOffset, 2 * n.groups * 4)
             let len = count / n.groups
             for pass in 0..<2 {
                 try context.launch(program, "norm_partial_sums", global: [partitions, n.groups], local: [1, 1],
@@ -155,13 +164,19 @@ extension Network {
             let x = try buffer(node.inputs[0])
             if x !== out { try context.copy(from: x, sourceOffsetFloats: 0, to: out, destinationOffsetFloats: 0, count: count) }
 
-        case .prelu(let slope, let perChannel):
+        case .prelu(let slope, _):
+            // The slope broadcasts as a scalar, per channel, or (shape inference allows it) at the full shape.
+            let mode: Int
+            switch Broadcast.classify(plan.shapes[node.inputs[1]]!, against: outShape)! { case .scalar: mode = 0; case .perChannel: mode = 1; case .same: mode = 2 }
             try context.launch(try elementwiseProgram(), "prelu", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
-                               [.buffer(try buffer(node.inputs[0])), .buffer(out), .buffer(slope)] + long(count) + long(spatial) + [int(perChannel ? 1 : 0)])
+                               [.buffer(try buffer(node.inputs[0])), .buffer(out), .buffer(slope)] + long(count) + long(spatial) + [int(mode)])
 
         case .binary(let isMul, let constant, let swapped, let activation):
-            let aName = swapped ? node.inputs[1] : node.inputs[0]
-            let bName = swapped ? node.inputs[0] : node.inputs[1]
+            // The kernel reads `a` at full size and broadcasts `b`: a smaller first activation
+            // (per channel or scalar) swaps the operands, as a constant first operand does.
+            let swap = swapped || (constant == nil && plan.shapes[node.inputs[0]]! != outShape)
+            let aName = swap ? node.inputs[1] : node.inputs[0]
+            let bName = swap ? node.inputs[0] : node.inputs[1]
             let a = try buffer(aName)
             let b = try constant ?? buffer(bName)
             let bShape = plan.shapes[bName] ?? constantShapes[bName]!

@@ -33,6 +33,11 @@ enum ZstdCodec {
             guard ZSTD_isError(frameSize) == 0, frameSize == src.count else {
                 throw CascadeSegError.invalidModel("tensor '\(what)': stored bytes are not exactly one complete zstd frame")
             }
+            // A frame header may declare any size: bound what its blocks can produce before
+            // allocating, so that a few stored bytes cannot make the reader commit gigabytes.
+            guard let bound = outputBound(src), bound >= UInt64(expectedSize) else {
+                throw CascadeSegError.invalidModel("tensor '\(what)': zstd frame's blocks cannot produce the declared \(expectedSize) bytes")
+            }
             var out = [UInt8](repeating: 0, count: expectedSize)
             let produced = out.withUnsafeMutableBytes { dst in
                 ZSTD_decompress(dst.baseAddress, expectedSize, src.baseAddress, src.count)
@@ -45,5 +50,32 @@ enum ZstdCodec {
             }
             return out
         }
+    }
+
+    /// Upper bound of the bytes one complete frame (already checked by
+    /// `ZSTD_findFrameCompressedSize`) can decompress to, from its block headers: a raw block
+    /// yields its stored size, an RLE block its declared size, a compressed block at most 128 KiB.
+    static func outputBound(_ frame: UnsafeRawBufferPointer) -> UInt64? {
+        // Frame header (RFC 8878 3.1.1.1): magic, descriptor, window descriptor unless single
+        // segment, dictionary id (0/1/2/4 bytes), content size (0 or 1/2/4/8 bytes).
+        guard frame.count >= 5, frame.loadUnaligned(as: UInt32.self).littleEndian == 0xFD2F_B528 else { return nil }
+        let descriptor = Int(frame[4])
+        let singleSegment = descriptor & 0x20 != 0
+        var position = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][descriptor & 3]
+            + [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6]
+        var total: UInt64 = 0
+        while position + 3 <= frame.count {
+            let header = Int(frame[position]) | Int(frame[position + 1]) << 8 | Int(frame[position + 2]) << 16
+            let last = header & 1 != 0, type = (header >> 1) & 3, size = header >> 3
+            position += 3
+            switch type {
+            case 0: total += UInt64(size); position += size       // raw
+            case 1: total += UInt64(size); position += 1          // RLE
+            case 2: total += 128 << 10; position += size           // compressed
+            default: return nil                                    // reserved
+            }
+            if last { return position <= frame.count ? total : nil }
+        }
+        return nil
     }
 }

@@ -7,7 +7,14 @@ public enum ShapeInference {
         var shapes = constants
         shapes[graph.input.name] = inputShape
         for node in order {
-            let outs = try outputShapes(node: node, shapes: shapes)
+            let outs: [[Int]]
+            do {
+                outs = try outputShapes(node: node, shapes: shapes)
+            } catch CascadeSegError.invalidInput(let message) {
+                // Size errors of the parameter structs (an input smaller than a kernel, an
+                // empty slice) do not know the node; name it here.
+                throw CascadeSegError.invalidInput("node '\(node.name)' (\(node.op.rawValue)): \(message)")
+            }
             for (name, shape) in zip(node.outputs, outs) { shapes[name] = shape }
         }
         return shapes

@@ -1,0 +1,56 @@
+import CascadeSeg
+
+/// A minimal command-line parser: positionals, `--name value` options and `--flag` switches.
+/// Every option must be declared; anything else is a usage error naming it.
+struct Arguments {
+    private(set) var positionals: [String] = []
+    private var values: [String: String] = [:]
+    private var flags: Set<String> = []
+
+    init(_ raw: [String], options: Set<String>, flags allowedFlags: Set<String>) throws {
+        var i = 0
+        while i < raw.count {
+            let a = raw[i]
+            if a.hasPrefix("--") {
+                var name = String(a.dropFirst(2))
+                var inline: String? = nil
+                if let eq = name.firstIndex(of: "=") {
+                    inline = String(name[name.index(after: eq)...])
+                    name = String(name[..<eq])
+                }
+                if allowedFlags.contains(name) && inline == nil {
+                    flags.insert(name)
+                } else if options.contains(name) {
+                    if let inline { values[name] = inline } else {
+                        guard i + 1 < raw.count else { throw CascadeSegError.usage("option --\(name) needs a value") }
+                        i += 1
+                        values[name] = raw[i]
+                    }
+                } else {
+                    throw CascadeSegError.usage("unknown option --\(name)")
+                }
+            } else if a == "-o", options.contains("output") {
+                guard i + 1 < raw.count else { throw CascadeSegError.usage("option -o needs a value") }
+                i += 1
+                values["output"] = raw[i]
+            } else {
+                positionals.append(a)
+            }
+            i += 1
+        }
+    }
+
+    subscript(option: String) -> String? { values[option] }
+    func has(_ flag: String) -> Bool { flags.contains(flag) }
+
+    func require(_ option: String) throws -> String {
+        guard let v = values[option] else { throw CascadeSegError.usage("missing required option --\(option)") }
+        return v
+    }
+
+    func int(_ option: String, default value: Int) throws -> Int {
+        guard let s = values[option] else { return value }
+        guard let v = Int(s) else { throw CascadeSegError.usage("--\(option) must be an integer, got '\(s)'") }
+        return v
+    }
+}
