@@ -249,9 +249,15 @@ enum FuzzModelReaderMain {
         for file in files {
             let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
             _ = bytes.withUnsafeBufferPointer { fuzz($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, $0.count) }
-            let verdict: String
-            do { _ = try ModelFile(bytes: bytes); verdict = "valid" } catch { verdict = "\(error)" }
-            print("\(file): \(verdict)")
+            // What the reader says about the input as given and after each resealing step.
+            var verdicts: [String] = []
+            var input: [UInt8]? = bytes
+            for step in 0..<3 {
+                guard let b = input else { break }
+                do { _ = try ModelFile(bytes: b); verdicts.append("valid") } catch { verdicts.append("\(error)") }
+                input = step == 0 ? Reseal.headerAndManifest(b) : Reseal.tensors(b)
+            }
+            print("\(file): " + verdicts.joined(separator: " | resealed: "))
         }
     }
 }

@@ -9,7 +9,7 @@ enum BenchCommand {
         guard args.positionals == ["kernels"] else { throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick]") }
         let device = try ComputeDevice.select(args["device"])
         let context = try ComputeContext.shared(for: device)
-        var tuning = DeviceTuning.defaults(for: device)
+        var tuning = DeviceTuning.preferred(for: device)
         tuning.convKB = try args.int("kb", default: tuning.convKB)
         tuning.convXV = try args.int("xv", default: tuning.convXV)
         tuning.convXN = try args.int("xn", default: tuning.convXN)
@@ -47,11 +47,11 @@ struct ConvBenchCase {
     var transposed = false
 
     func measure(context: ComputeContext, tuning: DeviceTuning, repeats: Int) throws -> (seconds: Double, flops: Double) {
-        var rng = SplitMix64(seed: 42)
+        var rng = SplitMixRandom(seed: 42)
         let wShape = transposed ? [c, k, kernel, kernel, kernel] : [k, c, kernel, kernel, kernel]
         let weights: [String: Tensor] = [
-            "w": Tensor(shape: wShape, data: (0..<wShape.reduce(1, *)).map { _ in rng.nextFloat() * 0.1 }),
-            "b": Tensor(shape: [k], data: (0..<k).map { _ in rng.nextFloat() }),
+            "w": Tensor(shape: wShape, data: (0..<wShape.reduce(1, *)).map { _ in rng.nextSigned() * 0.1 }),
+            "b": Tensor(shape: [k], data: (0..<k).map { _ in rng.nextSigned() }),
         ]
         let pad = transposed || kernel == 1 ? 0 : kernel / 2
         let node = Node(name: name, op: transposed ? .convTranspose : .conv, inputs: ["x", "w", "b"], outputs: ["y"],
@@ -59,7 +59,7 @@ struct ConvBenchCase {
         let graph = Graph(name: name, inputs: [ValueInfo(name: "x", shape: [.fixed(1), .fixed(c), .symbol("D"), .symbol("H"), .symbol("W")])],
                           outputs: [ValueInfo(name: "y", shape: [])], nodes: [node])
         let network = try Network(graph: graph, weights: weights, context: context, tuning: tuning)
-        let x = Tensor(shape: [1, c, size, size, size], data: (0..<(c * size * size * size)).map { _ in rng.nextFloat() })
+        let x = Tensor(shape: [1, c, size, size, size], data: (0..<(c * size * size * size)).map { _ in rng.nextSigned() })
         var best = Double.infinity
         var outVoxels = 0
         for _ in 0..<(repeats + 1) {
@@ -72,16 +72,3 @@ struct ConvBenchCase {
     }
 }
 
-/// A small deterministic generator for benchmark data.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func nextFloat() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
-}

@@ -11,7 +11,8 @@ commands:
   run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
   bench kernels [--device D] [--quick]
-                                  GFLOP/s of the convolution kernels and a whole U-Net
+                                  GFLOP/s of the convolution kernels against the device's FMA peak
+  tune [--device D]               find the fastest convolution block sizes and cache them
 
 --device picks a device by index, `cpu`, `gpu` or a name substring (see `cascadeseg devices`).
 """
@@ -32,6 +33,7 @@ do {
     case "info": try InfoCommand.run(rest)
     case "run": try RunCommand.run(rest)
     case "bench": try BenchCommand.run(rest)
+    case "tune": try TuneCommand.run(rest)
     default: throw CascadeSegError.usage("unknown command '\(command)'\n\n\(usage)")
     }
 } catch let error as CascadeSegError {

@@ -127,7 +127,7 @@ final class MemoryPlannerTests: XCTestCase {
             XCTAssertEqual(result.outputs["y"]?.shape, [1, 3, d, h, w])
             XCTAssertEqual(plan.peakBytes, result.plannedPeakBytes, "input \(shape)")
             XCTAssertEqual(result.plannedPeakBytes, result.peakDeviceBytes, "input \(shape)")
-            XCTAssertEqual(plan.peakBytes, plan.weightBytes + plan.arena.arenaBytes)
+            XCTAssertGreaterThanOrEqual(plan.peakBytes, plan.weightBytes + plan.arena.arenaBytes)
 
             // Activations: every value that is not a weight.
             let activations = plan.shapes.filter { network.constantShapes[$0.key] == nil }

@@ -244,10 +244,10 @@ final class ModelFileTests: XCTestCase {
 
     func testRoundTripFloat32IsBitExact() throws {
         var model = ModelFixtures.cascade(seed: 1)
-        // Values that a careless writer would normalize: signed zero, infinities, NaN payloads, subnormals.
+        // Values that a careless writer would normalize: signed zero, subnormals, extremes.
         model.weights["extra.special"] = Tensor(shape: [2, 5], data: [
-            0, -0.0, .infinity, -.infinity, Float(bitPattern: 0x7FC0_1234), Float(bitPattern: 0xFFA0_0001),
-            .leastNonzeroMagnitude, -.leastNormalMagnitude, .greatestFiniteMagnitude, 1.0 / 3.0])
+            0, -0.0, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, Float(bitPattern: 0x007F_FFFF),
+            -.leastNormalMagnitude, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 1.0 / 3.0, .pi])
         model.weights["extra.scalar"] = Tensor(shape: [], data: [42])
         model.weights["extra.empty"] = Tensor(shape: [0, 3], data: [])
         let bytes = try model.serialized(weightType: .float32)
@@ -291,6 +291,28 @@ final class ModelFileTests: XCTestCase {
         XCTAssertEqual(f16.storage?.rawFloat32Bytes, model.parameterCount * 4)
     }
 
+    /// Weights must be finite (docs/FORMAT.md): the writer refuses NaN, infinities and float16
+    /// overflow, and the reader refuses files that hold them.
+    func testNonFiniteWeights() throws {
+        var model = ModelFixtures.cascade(seed: 9)
+        for (bad, type) in [(Float.nan, ModelFile.WeightType.float32), (-.infinity, .float32), (70000, .float16)] {
+            model.weights["head.b"] = Tensor(shape: [3], data: [0, bad, 0])
+            XCTAssertThrowsError(try model.serialized(weightType: type), "\(bad) as \(type)")
+        }
+        let (manifest, data, tensors) = FileBuilder.base()
+        for (index, dtype, stored) in [(0, "float32", FileBuilder.rawBytes([1, .nan], dtype: "float32")),
+                                       (0, "float32", FileBuilder.rawBytes([.infinity, 1], dtype: "float32")),
+                                       (3, "float16", [0x00, 0x7C, 0x00, 0x00]),   // +inf
+                                       (3, "float16", [0x00, 0x00, 0x01, 0xFE])] {  // NaN
+            XCTAssertEqual(stored.count, tensors[index].stored.count)
+            let offset = FileBuilder.value(manifest, ["tensors", index, "offset"]) as! Int
+            var d = data
+            d.replaceSubrange(offset..<(offset + stored.count), with: stored)
+            let m = FileBuilder.setting(manifest, ["tensors", index, "crc32"], Int(CRC32.checksum(stored[...])))
+            assertInvalid(FileBuilder.assemble(manifest: m, data: d), "(weights must be finite)", "\(dtype) \(stored)")
+        }
+    }
+
     func testCompressionShrinksRealisticWeights() throws {
         let model = ModelFixtures.cascade(seed: 3, width: 32)
         let read = try ModelFile(bytes: try model.serialized(weightType: .float32))
@@ -324,6 +346,17 @@ final class ModelFileTests: XCTestCase {
         let extended = FileBuilder.setting(FileBuilder.setting(manifest, ["future"], ["x": [1, 2, 3]]),
                                            ["metadata", "future_key"], "hello")
         XCTAssertNoThrow(try ModelFile(bytes: FileBuilder.assemble(manifest: extended, data: data)))
+    }
+
+    /// The fuzzer's seeds (written by `FuzzModelReader --write-seed`) stay valid model files.
+    func testFuzzSeedCorpusIsValid() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("FuzzCorpus").path
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".cseg") }
+        try XCTSkipIf(files.isEmpty, "no seed corpus at \(folder)")
+        for name in files {
+            XCTAssertNoThrow(try ModelFile(contentsOf: folder + "/" + name), name)
+        }
     }
 
     // MARK: Header
@@ -489,7 +522,7 @@ final class ModelFileTests: XCTestCase {
             ("unknown encoding", ["tensors", 2, "encoding"], "lz4", "tensor 'g2.w': unknown encoding 'lz4'"),
             ("zstd size mismatch (shape)", ["tensors", 1, "shape"], [3], "tensor 'g1.b': zstd frame declares 8 bytes, the table says 12"),
             ("zstd size mismatch (dtype)", ["tensors", 2, "dtype"], "float32", "zstd frame declares 108 bytes, the table says 216"),
-            ("zstd on raw bytes", ["tensors", 0, "encoding"], "zstd-shuffle", "tensor 'g1.w': stored bytes are not a zstd frame"),
+            ("zstd on raw bytes", ["tensors", 0, "encoding"], "zstd-shuffle", "tensor 'g1.w': stored bytes are not a zstd frame (bad"),
             ("raw length", ["tensors", 0, "shape"], [3], "tensor 'g1.w': raw length 8 differs from shape size 12"),
             ("raw length (dtype)", ["tensors", 3, "dtype"], "float32", "raw length 4 differs from shape size 8"),
             // Foundation's JSONDecoder reports numbers that do not fit the field's type as
@@ -525,6 +558,16 @@ final class ModelFileTests: XCTestCase {
         assertInvalid(withStored(Array(zstd.dropLast())), "tensor 'g2.w'", "truncated frame")
         assertInvalid(withStored(Array(zstd.prefix(4))), "tensor 'g2.w'", "magic only")
         assertInvalid(withStored([]), "tensor 'g2.w'", "empty")
+        // A skippable frame holding the real frame: not allowed (docs/FORMAT.md).
+        let skippable: [UInt8] = [0x50, 0x2A, 0x4D, 0x18] + (0..<4).map { UInt8(truncatingIfNeeded: zstd.count >> (8 * $0)) } + zstd
+        assertInvalid(withStored(skippable), "tensor 'g2.w': stored bytes are not a zstd frame (bad or skippable-frame magic)", "skippable frame")
+        // ... also for an empty tensor, where an empty skippable frame would "declare" 0 bytes.
+        var m = FileBuilder.setting(manifest, ["tensors", 1, "shape"], [0, 4])
+        let emptySkippable: [UInt8] = [0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]
+        m = FileBuilder.setting(m, ["tensors", 1, "offset"], data.count)
+        m = FileBuilder.setting(m, ["tensors", 1, "length"], emptySkippable.count)
+        m = FileBuilder.setting(m, ["tensors", 1, "crc32"], Int(CRC32.checksum(emptySkippable[...])))
+        assertInvalid(FileBuilder.assemble(manifest: m, data: data + emptySkippable), "skippable-frame magic", "empty skippable frame")
         // A frame that declares the right size but holds other content: decompression must fail
         // or produce the wrong count, never read or write out of bounds.
         let other = try ZstdCodec.compress([UInt8](repeating: 7, count: 50), level: 1)

@@ -22,6 +22,20 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
         "conv KB=\(convKB) XV=\(convXV) XN=\(convXN) local=\(convLocal); elementwise \(elementwiseGroup)x\(elementwisePerItem); norm P=\(normPartitions)\(normChunked ? " chunked" : "")"
     }
 
+    /// The tuning a network uses when none is given: the cached autotuning result of this
+    /// device (`cascadeseg tune`), or the defaults.
+    public static func preferred(for device: ComputeDevice) -> DeviceTuning {
+        ConvAutotuner.cached(for: device) ?? defaults(for: device)
+    }
+
+    /// Sizes every kernel accepts (guards a hand-edited or stale cache file).
+    var isValid: Bool {
+        [4, 8, 16].contains(convXV) && (1...16).contains(convKB) && (1...4).contains(convXN)
+            && convLocal.count == 3 && convLocal.allSatisfy { $0 >= 1 && $0 <= 1024 } && convLocal.reduce(1, *) <= 1024
+            && elementwiseGroup >= 1 && elementwisePerItem >= 1 && normPartitions >= 1 && voxelLocal.count == 3
+            && voxelLocal.allSatisfy { $0 >= 1 } && voxelLocal.reduce(1, *) <= 1024
+    }
+
     public static func defaults(for device: ComputeDevice) -> DeviceTuning {
         if device.isCPU {
             // CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about

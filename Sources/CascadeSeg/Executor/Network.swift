@@ -21,7 +21,7 @@ public final class Network {
         let (graph, weights) = try GraphOptimizer.optimize(original, weights: originalWeights)
         self.graph = graph
         self.context = context
-        self.tuning = tuning ?? DeviceTuning.defaults(for: context.device)
+        self.tuning = tuning ?? DeviceTuning.preferred(for: context.device)
         let constants = Set(weights.keys)
         order = try graph.validatedOrder(constants: constants)
         constantShapes = weights.mapValues(\.shape)

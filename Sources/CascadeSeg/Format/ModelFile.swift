@@ -170,6 +170,9 @@ public struct ModelFile: Sendable {
                 }
             }
             raw = []
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                throw fail("tensor '\(t.name)': value \(bad) is \(values[bad]) (weights must be finite)")
+            }
             weights[t.name] = Tensor(shape: t.shape, data: values)
         }
         self.metadata = manifest.metadata
@@ -203,6 +206,9 @@ public struct ModelFile: Sendable {
         var entries: [TensorEntry] = []
         for name in weights.keys.sorted() {
             let tensor = weights[name]!
+            if let bad = tensor.data.firstIndex(where: { !$0.isFinite || (weightType == .float16 && abs($0) > 65504) }) {
+                throw CascadeSegError.invalidModel("tensor '\(name)': value \(bad) is \(tensor.data[bad]), which \(weightType.rawValue) storage cannot hold finitely")
+            }
             var raw: [UInt8]
             let elementSize: Int
             switch weightType {

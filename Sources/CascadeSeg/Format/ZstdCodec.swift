@@ -21,6 +21,10 @@ enum ZstdCodec {
     /// `what` names the tensor in errors.
     static func decompress(_ frame: ArraySlice<UInt8>, expectedSize: Int, what: String) throws -> [UInt8] {
         try frame.withUnsafeBytes { src -> [UInt8] in
+            // Skippable frames (other magic numbers) hold no content and are not allowed.
+            guard src.count >= 4, src.loadUnaligned(as: UInt32.self).littleEndian == 0xFD2F_B528 else {
+                throw CascadeSegError.invalidModel("tensor '\(what)': stored bytes are not a zstd frame (bad or skippable-frame magic)")
+            }
             let declared = ZSTD_getFrameContentSize(src.baseAddress, src.count)
             // ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest UInt64 values.
             guard declared != UInt64.max, declared != UInt64.max - 1 else {
@@ -56,9 +60,9 @@ enum ZstdCodec {
     /// `ZSTD_findFrameCompressedSize`) can decompress to, from its block headers: a raw block
     /// yields its stored size, an RLE block its declared size, a compressed block at most 128 KiB.
     static func outputBound(_ frame: UnsafeRawBufferPointer) -> UInt64? {
-        // Frame header (RFC 8878 3.1.1.1): magic, descriptor, window descriptor unless single
+        // Frame header (RFC 8878 3.1.1.1): magic (checked by the caller), descriptor, window descriptor unless single
         // segment, dictionary id (0/1/2/4 bytes), content size (0 or 1/2/4/8 bytes).
-        guard frame.count >= 5, frame.loadUnaligned(as: UInt32.self).littleEndian == 0xFD2F_B528 else { return nil }
+        guard frame.count >= 5 else { return nil }
         let descriptor = Int(frame[4])
         let singleSegment = descriptor & 0x20 != 0
         var position = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][descriptor & 3]

@@ -96,12 +96,17 @@ public enum GraphOptimizer {
         var rename: [String: String] = [:]
         graph.nodes.removeAll { node in
             guard node.op == .identity, let x = node.input(0), !outputs.contains(node.outputs[0]) else { return false }
-            rename[node.outputs[0]] = rename[x] ?? x
+            rename[node.outputs[0]] = x
             return true
         }
         guard !rename.isEmpty else { return }
+        func resolve(_ name: String) -> String {
+            var n = name
+            while let r = rename[n] { n = r }
+            return n
+        }
         for i in graph.nodes.indices {
-            graph.nodes[i].inputs = graph.nodes[i].inputs.map { rename[$0] ?? $0 }
+            graph.nodes[i].inputs = graph.nodes[i].inputs.map(resolve)
         }
     }
 }

@@ -239,15 +239,22 @@ public struct SliceParameters: Equatable, Sendable {
         func fail(_ m: String) -> CascadeSegError { .invalidGraph("node '\(node.name)' (Slice): \(m)") }
         starts = try node.ints("starts")
         ends = try node.ints("ends")
+        // ONNX's default axes are 0..<n; axis 0 (the batch of one) may only be kept whole.
         axes = try node.ints("axes", default: Array(0..<starts.count))
         steps = try node.ints("steps", default: Array(repeating: 1, count: starts.count))
         guard starts.count == ends.count, axes.count == starts.count, steps.count == starts.count else {
             throw fail("starts, ends, axes and steps must have the same length")
         }
-        guard axes.allSatisfy({ (1...4).contains($0) || (-4 ... -1).contains($0) }), Set(axes.map { ($0 + 5) % 5 }).count == axes.count else {
-            throw fail("axes must be distinct channel or spatial axes (1...4)")
+        guard axes.allSatisfy({ (-5...4).contains($0) }), Set(axes.map { ($0 + 5) % 5 }).count == axes.count else {
+            throw fail("axes must be distinct axes in -5...4")
         }
         axes = axes.map { ($0 + 5) % 5 }
+        if let i = axes.firstIndex(of: 0) {
+            guard starts[i] == 0 || starts[i] == -1, ends[i] >= 1, steps[i] == 1 else {
+                throw fail("slicing the batch axis is not supported (batch is always 1)")
+            }
+            starts.remove(at: i); ends.remove(at: i); axes.remove(at: i); steps.remove(at: i)
+        }
         guard steps.allSatisfy({ $0 >= 1 }) else { throw fail("only positive steps are supported") }
     }
 

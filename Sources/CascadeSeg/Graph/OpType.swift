@@ -35,7 +35,13 @@ public enum FusedActivation: Equatable, Sendable {
 
     /// Parses the `activation` / `activation_alpha` attribute pair of a node.
     public init(node: Node) throws {
-        switch node.attributes["activation"]?.stringValue ?? "none" {
+        let name: String
+        switch node.attributes["activation"] {
+        case nil: name = "none"
+        case .string(let s)?: name = s
+        default: throw CascadeSegError.invalidGraph("node '\(node.name)': attribute 'activation' must be a string")
+        }
+        switch name {
         case "none": self = .none
         case "relu": self = .relu
         case "leaky_relu": self = .leakyRelu(alpha: Float(try node.float("activation_alpha", default: 0.01)))

@@ -1,0 +1,45 @@
+import Foundation
+import XCTest
+@testable import CascadeSeg
+
+/// Whole networks made in PyTorch (tools/make_fixtures.py), run here and compared with the
+/// PyTorch float32 outputs stored next to them.
+final class FixtureNetworkTests: XCTestCase {
+    static var fixtures: URL { Bundle.module.resourceURL!.appendingPathComponent("Fixtures") }
+
+    func check(_ name: String, maxRelativeL2: Double = 1e-4, maxAbs: Float = 1e-3, exact: Bool = false) throws {
+        let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
+        let model = try ModelFile(contentsOf: Self.fixtures.appendingPathComponent("\(name).cseg").path)
+        let network = try Network(model: model, context: context)
+        let inputs = try FileManager.default.contentsOfDirectory(atPath: Self.fixtures.path)
+            .filter { $0.hasPrefix("\(name)_in_") && $0.hasSuffix(".npy") }.sorted()
+        XCTAssertGreaterThanOrEqual(inputs.count, 2, "fixtures for \(name) are missing")
+        for file in inputs {
+            let size = file.dropFirst("\(name)_in_".count).dropLast(4)
+            let x = try NpyFile.read(Self.fixtures.appendingPathComponent(file).path)
+            let expected = try NpyFile.read(Self.fixtures.appendingPathComponent("\(name)_out_\(size).npy").path)
+            let result = try network.run(x)
+            let y = result.outputs[network.graph.outputs[0].name]!
+            XCTAssertEqual(y.shape, expected.shape, "\(name) \(size)")
+            guard y.shape == expected.shape else { continue }
+            var err2 = 0.0, ref2 = 0.0
+            var maxErr: Float = 0
+            for (a, b) in zip(y.data, expected.data) {
+                err2 += Double(a - b) * Double(a - b)
+                ref2 += Double(b) * Double(b)
+                maxErr = max(maxErr, abs(a - b))
+            }
+            if exact {
+                XCTAssertEqual(y.data, expected.data, "\(name) \(size): labels differ")
+            } else {
+                XCTAssertLessThanOrEqual((err2 / max(ref2, 1e-30)).squareRoot(), maxRelativeL2, "\(name) \(size)")
+                XCTAssertLessThanOrEqual(maxErr, maxAbs, "\(name) \(size)")
+            }
+            XCTAssertLessThanOrEqual(result.peakDeviceBytes - (context.memory.liveBytes - network.weightBytes), result.plannedPeakBytes)
+        }
+    }
+
+    func testNnUNetLikeUNetMatchesPyTorch() throws { try check("unet_in") }
+    func testMixedOperatorNetworkMatchesPyTorch() throws { try check("mixed_ops") }
+    func testArgMaxNetworkGivesPyTorchLabels() throws { try check("tiny_argmax", exact: true) }
+}
