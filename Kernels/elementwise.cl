@@ -5,10 +5,9 @@
 #include "common.h"
 
 #define FOR_EACH_INDEX(n) \
-    const long base__ = (long)get_group_id(0) * GROUP * PER_ITEM + get_local_id(0); \
-    for (int j__ = 0; j__ < PER_ITEM; ++j__) { \
-        const long i = base__ + (long)j__ * GROUP; \
-        if (i >= (n)) break;
+    const long first__ = (long)get_group_id(0) * GROUP * PER_ITEM + get_local_id(0); \
+    const long last__ = min(first__ + (long)GROUP * PER_ITEM, (long)(n)); \
+    for (long i = first__; i < last__; i += GROUP) {
 #define END_FOR_EACH }
 
 // y = act(x). May run in place.

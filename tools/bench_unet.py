@@ -22,14 +22,15 @@ Then, for each size, each runtime runs in fresh processes (so that peak RSS is p
 same number of threads (`--threads`, default 2):
 
 - ONNX Runtime, CPU provider, intra-op threads = N, inter-op 1, all graph optimizations: one
-  warm-up run, then the median of `--runs` (3) timed runs of `session.run`, in one process;
+  warm-up run, then the median of `--runs` (3) timed runs of `session.run`, in one process whose
+  peak RSS (VmHWM) is reported;
 - PyTorch eval mode under `torch.inference_mode()`, `torch.set_num_threads(N)`: same;
 - CascadeSeg: `cascadeseg run MODEL --input X --output Y --device cpu`, one process per forward
   (the CLI runs one forward per process): one warm-up process (the first run in a process builds
   its OpenCL programs; PoCL caches the compiled kernels on disk), then `--runs` timed processes.
   Reported: the engine's own forward seconds (from its stderr line: upload, all kernels,
   download), the process wall time (model load, decompression, OpenCL set-up, .npy I/O
-  included), the engine's peak device memory, and the process peak RSS (from wait4). PoCL is held
+  included), the engine's peak device memory, and the process peak RSS (GNU time). PoCL is held
   to N threads with POCL_MAX_PTHREAD_COUNT / POCL_CPU_MAX_CU_COUNT.
 
 Outputs are compared: relative L2 (||a - b|| / ||b||, float64) of the CascadeSeg logits against
@@ -70,8 +71,19 @@ def mib(nbytes: float) -> float:
     return nbytes / 1048576.0
 
 
-def maxrss_mib(ru_maxrss_kib: int) -> float:
-    return ru_maxrss_kib / 1024.0  # Linux: kilobytes
+def peak_rss_self_mib() -> float:
+    """This process image's peak RSS. VmHWM (the high-water mark of the current address space)
+    rather than getrusage's ru_maxrss: on Linux ru_maxrss also keeps the high-water mark of the
+    address space before exec, i.e. of the parent that forked us (the benchmark driver, with
+    torch and the network loaded), which would put a floor under every child's figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -280,7 +292,6 @@ def compare(path_a: Path, path_b: Path) -> dict:
 # Child processes
 
 def child_main(args) -> None:
-    import resource
     x = np.load(args.input)
     times = []
     if args.child == "ort":
@@ -328,9 +339,11 @@ def child_main(args) -> None:
         print(f"  {args.child} run {i}{' (warm-up)' if i == 0 else ''}: {dt:.3f} s",
               file=sys.stderr, flush=True)
     np.save(args.output, np.ascontiguousarray(y, dtype=np.float32))
-    peak = maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    peak = peak_rss_self_mib()
+    import resource
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(STATS_PREFIX + json.dumps({"times": times, "setup": setup, "peak_rss_mib": peak,
-                                     "version": version}), flush=True)
+                                     "ru_maxrss_mib": ru_maxrss, "version": version}), flush=True)
 
 
 def run_child(args, child: str, model: Path, inp: Path, outp: Path) -> dict:
@@ -354,17 +367,29 @@ def run_cascadeseg_once(args, model: Path, inp: Path, outp: Path, profile: bool 
            "--device", args.device] + (["--profile"] if profile else [])
     n = str(args.threads)
     env = dict(os.environ, POCL_MAX_PTHREAD_COUNT=n, POCL_CPU_MAX_CU_COUNT=n)
+    # Peak RSS: GNU time's %M (its wait4 of a child forked from the small `time` process). A
+    # direct child of this (large) process would inherit this process's RSS high-water mark
+    # through fork + exec, so ru_maxrss of wait4 here would be a floor of our own size.
+    rss_file = args.out / ".cascadeseg_rss.txt"
+    gnu_time = Path("/usr/bin/time")
+    wrapped = ([str(gnu_time), "-o", str(rss_file), "-f", "%M"] + cmd
+               if gnu_time.exists() and os.access(gnu_time, os.X_OK) else cmd)
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    stdout, stderr = p.communicate()  # reads the pipes to the end, without reaping
-    _, status, ru = os.wait4(p.pid, 0)
+    p = subprocess.run(wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    rec = {"cmd": " ".join(cmd), "wall": wall, "peak_rss_mib": maxrss_mib(ru.ru_maxrss),
-           "stderr": stderr, "rc": p.returncode}
+    stderr = p.stderr
+    rss = None
+    if wrapped is not cmd:
+        lines = rss_file.read_text().split() if rss_file.exists() else []
+        rss_file.unlink(missing_ok=True)
+        rss = float(lines[-1]) / 1024 if lines and lines[-1].isdigit() else None
+        stderr = "\n".join(ln for ln in stderr.splitlines()
+                           if not ln.startswith("Command exited with non-zero status"))
+    rec = {"cmd": " ".join(cmd), "wall": wall, "peak_rss_mib": rss if rss is not None else
+           float("nan"), "stderr": stderr, "rc": p.returncode}
     m = FORWARD_RE.search(stderr)
     if p.returncode != 0 or not m:
-        rec["error"] = f"exit {p.returncode}: {(stderr + stdout).strip()[-2000:]}"
+        rec["error"] = f"exit {p.returncode}: {(stderr + p.stdout).strip()[-2000:]}"
         return rec
     rec.update(forward=float(m.group(1)), device_mib=float(m.group(2)),
                weights_mib=float(m.group(3)))
@@ -452,12 +477,29 @@ def main() -> None:
     for r in runtimes:
         if r not in ("ort", "torch", "cascadeseg"):
             ap.error(f"unknown runtime {r!r}")
-    if "cascadeseg" in runtimes:
-        args.cascadeseg = args.cascadeseg.resolve()
-        if not os.access(args.cascadeseg, os.X_OK):
-            ap.error(f"{args.cascadeseg} is not an executable (build it: swift build -c release)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.out = args.out.resolve()
+    binary_note = ""
+    if "cascadeseg" in runtimes:
+        source = args.cascadeseg.resolve()
+        if not os.access(source, os.X_OK):
+            ap.error(f"{source} is not an executable (build it: swift build -c release)")
+        # Runs use a copy (the kernels are embedded in the binary), so that a rebuild while the
+        # benchmark runs cannot mix two engine versions in one table.
+        import hashlib
+        import shutil
+        args.cascadeseg = args.out / "cascadeseg"
+        if args.cascadeseg != source:
+            shutil.copy2(source, args.cascadeseg)
+        digest = hashlib.sha256(args.cascadeseg.read_bytes()).hexdigest()[:16]
+        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(source.stat().st_mtime))
+        binary_note = f"cascadeseg {source} (built {built}, sha256 {digest}…, run as a copy)"
+        cache = Path(os.environ.get("CASCADESEG_CACHE_DIR",
+                                    Path.home() / ".cache" / "cascadeseg"))
+        tuned = sorted(p.name for p in cache.glob("tuning-*.json")) if cache.is_dir() else []
+        binary_note += (f"; tuning cache: {', '.join(tuned)} in {cache}" if tuned else
+                        "; no `cascadeseg tune` cache (default tuning)")
+        print(binary_note, flush=True)
     stem = "unet" if args.base == 32 else f"unet_b{args.base}"
     network = f"U-Net {'-'.join(map(str, WIDTHS[args.base]))}"
 
@@ -575,7 +617,7 @@ def main() -> None:
           "download; the whole-process time adds loading and decompressing the model, OpenCL "
           "set-up (PoCL kernel cache warm) and .npy I/O. Peak RSS is per process (ORT/PyTorch: "
           "their one process, including the warm-up and timed runs).",
-          f"\nRuntimes: {', '.join(versions + ['cascadeseg ' + str(args.cascadeseg)])}."]
+          f"\nRuntimes: {', '.join(versions + ([binary_note] if binary_note else []))}."]
     if failures:
         md.append("\n### Failures\n\n" + "\n".join(f"- {f}" for f in failures))
     if profile_text:

@@ -5,8 +5,68 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "repeat"], flags: ["quick"])
-        guard args.positionals == ["kernels"] else { throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick]") }
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "repeat", "base", "size", "save"], flags: ["quick", "profile"])
+        switch args.positionals {
+        case ["kernels"]: try kernels(args)
+        case ["unet"]: try unet(args)
+        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW]] [--profile] [--save FILE.cseg]")
+        }
+    }
+
+    /// Parses `128` or `160x192x160`.
+    static func parseSize(_ text: String) throws -> [Int] {
+        let parts = text.split(separator: "x").compactMap { Int($0) }
+        guard (parts.count == 1 || parts.count == 3), parts.allSatisfy({ $0 > 0 }) else {
+            throw CascadeSegError.usage("--size must be N or DxHxW, got '\(text)'")
+        }
+        return parts.count == 1 ? [parts[0], parts[0], parts[0]] : parts
+    }
+
+    /// A whole nnU-Net-like U-Net with random weights: time and peak device memory.
+    static func unet(_ args: Arguments) throws {
+        let device = try ComputeDevice.select(args["device"])
+        let context = try ComputeContext.shared(for: device)
+        let config = UNetBuilder.Configuration(base: try args.int("base", default: 32))
+        let (graph, weights) = UNetBuilder.plainConvUNet(config)
+        if let path = args["save"] {
+            let model = ModelFile(metadata: ModelMetadata(name: "unet-random", description: "nnU-Net-like PlainConvUNet with random weights",
+                                                          labels: [ModelMetadata.Label(id: 0, name: "background")],
+                                                          input: .init(channels: 1, normalization: .none),
+                                                          stages: [.init(graph: graph.name, spacingMM: [1, 1, 1])]),
+                                  graphs: [graph], weights: weights)
+            try model.write(to: path)
+        }
+        let size = try parseSize(args["size"] ?? "128")
+        var rng = SplitMixRandom(seed: 5)
+        let x = Tensor(shape: [1, 1] + size, data: (0..<size.reduce(1, *)).map { _ in rng.nextSigned() })
+        let network = try Network(graph: graph, weights: weights, context: context)
+        print("device: \(device.name); U-Net features \(config.features), \(network.parameterCount) parameters; input \(size)")
+        _ = try network.run(x)  // warm-up: kernel compilation
+        var times: [Double] = []
+        var last: RunResult? = nil
+        for _ in 0..<max(try args.int("repeat", default: 3), 1) {
+            let r = try network.run(x, profile: args.has("profile"))
+            times.append(r.seconds)
+            last = r
+        }
+        times.sort()
+        print(String(format: "forward: median %.3f s (min %.3f s) over %d runs; peak device memory %.1f MiB (weights %.1f MiB, planned %.1f MiB)",
+                     times[times.count / 2], times[0], times.count, Double(last!.peakDeviceBytes) / 1048576,
+                     Double(network.weightBytes) / 1048576, Double(last!.plannedPeakBytes) / 1048576))
+        if args.has("profile"), let r = last {
+            var byOp: [OpType: (Int, Double)] = [:]
+            for e in r.profile { byOp[e.op, default: (0, 0)].0 += 1; byOp[e.op, default: (0, 0)].1 += e.seconds }
+            for (op, (n, s)) in byOp.sorted(by: { $0.value.1 > $1.value.1 }) {
+                print(String(format: "  %-22@ %4d nodes %9.4f s", op.rawValue, n, s))
+            }
+            print("slowest nodes:")
+            for e in r.profile.sorted(by: { $0.seconds > $1.seconds }).prefix(12) {
+                print(String(format: "  %-28@ %-22@ %9.4f s", e.node, e.op.rawValue, e.seconds))
+            }
+        }
+    }
+
+    static func kernels(_ args: Arguments) throws {
         let device = try ComputeDevice.select(args["device"])
         let context = try ComputeContext.shared(for: device)
         var tuning = DeviceTuning.preferred(for: device)
