@@ -58,6 +58,9 @@ public final class Network {
         case .conv, .convTranspose:
             let w = try constant(node.input(1), in: weights, node: node)
             let b = try node.input(2).map { try constant($0, in: weights, node: node) }
+            guard w.shape.count == 5, w.shape.allSatisfy({ $0 >= 1 }) else {
+                throw CascadeSegError.invalidGraph("node '\(node.name)' (\(node.op.rawValue)): weight must be 5-D with positive sizes, is \(w.shape)")
+            }
             let inChannels = node.op == .conv ? w.shape[1] * (try node.int("group", default: 1)) : w.shape[0]
             let params = try ConvParameters(node: node, inputChannels: inChannels, weightShape: w.shape, biasShape: b?.shape)
             let kind: LoweredOp.ConvKernel

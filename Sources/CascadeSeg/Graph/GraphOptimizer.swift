@@ -32,6 +32,7 @@ public enum GraphOptimizer {
                   let wName = conv.input(1), let w = weights[wName],
                   let gamma = bn.input(1).flatMap({ weights[$0] }), let beta = bn.input(2).flatMap({ weights[$0] }),
                   let mean = bn.input(3).flatMap({ weights[$0] }), let variance = bn.input(4).flatMap({ weights[$0] }) else { continue }
+            guard w.shape.count == 5, w.shape[0] >= 1 else { continue }  // shape errors are reported when the conv is lowered
             let k = w.shape[0]
             guard gamma.count == k, beta.count == k, mean.count == k, variance.count == k else {
                 throw CascadeSegError.invalidGraph("node '\(bn.name)': BatchNormalization parameters do not match \(k) channels")

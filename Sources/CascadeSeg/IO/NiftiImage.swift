@@ -166,24 +166,44 @@ public struct NiftiImage: Sendable {
         guard labels.count == geometry.voxelCount else {
             throw CascadeSegError.invalidInput("\(labels.count) labels do not fill the reference's \(geometry.nx)x\(geometry.ny)x\(geometry.nz) grid")
         }
-        guard let low = labels.min(), let high = labels.max() else { throw CascadeSegError.invalidInput("no labels to write") }
-        guard let lowest = Int32(exactly: low), let highest = Int32(exactly: high) else {
-            throw CascadeSegError.invalidInput("labels \(low)...\(high) do not fit in int32")
-        }
-        func write<T: FixedWidthInteger>(_ type: DataType, as _: T.Type) throws {
-            let stored = labels.map { T(truncatingIfNeeded: $0) }
-            try stored.withUnsafeBytes { raw in
-                try writeVolume(raw, datatype: type, geometry: geometry, intent: NIFTI_INTENT_LABEL,
-                                calibration: (Double(lowest), Double(highest)), description: "CascadeSeg label map",
-                                to: path, protecting: reference.sourcePath)
+        // One generic pass to Int32, then plain loops.
+        var outOfRange: Label? = nil
+        let values = [Int32](unsafeUninitializedCapacity: labels.count) { out, initialized in
+            labels.withUnsafeBufferPointer { source in
+                for i in source.indices {
+                    guard let v = Int32(exactly: source[i]) else { outOfRange = source[i]; return }
+                    out[i] = v
+                }
+                initialized = source.count
             }
         }
+        if let outOfRange { throw CascadeSegError.invalidInput("label \(outOfRange) does not fit in int32") }
+        var lowest = Int32.max, highest = Int32.min
+        values.withUnsafeBufferPointer { v in
+            for x in v {
+                if x < lowest { lowest = x }
+                if x > highest { highest = x }
+            }
+        }
+        func write(_ type: DataType, _ raw: UnsafeRawBufferPointer) throws {
+            try writeVolume(raw, datatype: type, geometry: geometry, intent: NIFTI_INTENT_LABEL,
+                            calibration: (Double(lowest), Double(highest)), description: "CascadeSeg label map",
+                            to: path, protecting: reference.sourcePath)
+        }
         if lowest >= 0 && highest <= 255 {
-            try write(.uint8, as: UInt8.self)
+            let stored = [UInt8](unsafeUninitializedCapacity: values.count) { out, initialized in
+                values.withUnsafeBufferPointer { v in for i in v.indices { out[i] = UInt8(truncatingIfNeeded: v[i]) } }
+                initialized = values.count
+            }
+            try stored.withUnsafeBytes { try write(.uint8, $0) }
         } else if lowest >= -32768 && highest <= 32767 {
-            try write(.int16, as: Int16.self)
+            let stored = [Int16](unsafeUninitializedCapacity: values.count) { out, initialized in
+                values.withUnsafeBufferPointer { v in for i in v.indices { out[i] = Int16(truncatingIfNeeded: v[i]) } }
+                initialized = values.count
+            }
+            try stored.withUnsafeBytes { try write(.int16, $0) }
         } else {
-            try write(.int32, as: Int32.self)
+            try values.withUnsafeBytes { try write(.int32, $0) }
         }
     }
 
@@ -278,30 +298,39 @@ public struct NiftiImage: Sendable {
         try reader.finish()
     }
 
+    /// Converts one chunk of native-order voxels to Float, scaling when `slope` is given. One plain
+    /// loop per type (no closures), so that unoptimized builds stay quick too.
     static func convert(_ raw: UnsafeRawBufferPointer, _ type: DataType, into out: UnsafeMutablePointer<Float>,
                         slope: Double?, intercept: Double) {
-        func run<T>(_: T.Type, _ value: (T) -> Double) {
-            let source = raw.bindMemory(to: T.self)
-            if let slope {
-                for i in 0..<source.count { out[i] = Float(value(source[i]) * slope + intercept) }
-            } else {
-                for i in 0..<source.count { out[i] = Float(value(source[i])) }
-            }
-        }
+        let a = slope ?? 1, b = slope == nil ? 0 : intercept
         switch type {
-        case .uint8: run(UInt8.self) { Double($0) }
-        case .int8: run(Int8.self) { Double($0) }
-        case .int16: run(Int16.self) { Double($0) }
-        case .uint16: run(UInt16.self) { Double($0) }
-        case .int32: run(Int32.self) { Double($0) }
-        case .uint32: run(UInt32.self) { Double($0) }
-        case .float64: run(Double.self) { $0 }
+        case .uint8:
+            let s = raw.bindMemory(to: UInt8.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .int8:
+            let s = raw.bindMemory(to: Int8.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .int16:
+            let s = raw.bindMemory(to: Int16.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .uint16:
+            let s = raw.bindMemory(to: UInt16.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .int32:
+            let s = raw.bindMemory(to: Int32.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .uint32:
+            let s = raw.bindMemory(to: UInt32.self)
+            for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
+        case .float64:
+            let s = raw.bindMemory(to: Double.self)
+            for i in s.indices { out[i] = Float(s[i] * a + b) }
         case .float32:
-            let source = raw.bindMemory(to: Float.self)
-            if let slope {
-                for i in 0..<source.count { out[i] = Float(Double(source[i]) * slope + intercept) }
+            let s = raw.bindMemory(to: Float.self)
+            if slope == nil {
+                out.update(from: s.baseAddress!, count: s.count)
             } else {
-                out.update(from: source.baseAddress!, count: source.count)
+                for i in s.indices { out[i] = Float(Double(s[i]) * a + b) }
             }
         }
     }
@@ -346,8 +375,10 @@ public struct NiftiImage: Sendable {
             while failure == nil, done < bytes.count {
                 let n = min(1 << 24, bytes.count - done)
                 if gzwrite(file, bytes.baseAddress! + done, UInt32(n)) != n {
+                    let systemError = String(cString: strerror(errno))
                     var code: Int32 = 0
-                    failure = "write failed: " + (code == Z_ERRNO ? String(cString: strerror(errno)) : String(cString: gzerror(file, &code)))
+                    let message = String(cString: gzerror(file, &code))
+                    failure = "write failed: " + (code == Z_ERRNO ? systemError : message)
                 }
                 done += n
             }
