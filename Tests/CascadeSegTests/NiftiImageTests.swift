@@ -26,6 +26,15 @@ final class NiftiImageTests: XCTestCase {
         return path
     }
 
+    /// The two 181x217x181 templates, read once for all tests (unoptimized test builds are slow).
+    static var cache: [String: NiftiImage] = [:]
+    func templateImage(_ name: String) throws -> NiftiImage {
+        if let image = Self.cache[name] { return image }
+        let image = try NiftiImage(contentsOf: try template(name))
+        Self.cache[name] = image
+        return image
+    }
+
     /// Files in the test folder, so tests can see that no temporary file was left behind.
     func folderContents() throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: folder).sorted()
@@ -87,50 +96,77 @@ final class NiftiImageTests: XCTestCase {
     // MARK: - Real data
 
     func testReadsColinTemplate() throws {
-        let image = try NiftiImage(contentsOf: try template("ch2.nii.gz"))
+        let image = try templateImage("ch2.nii.gz")
         XCTAssertEqual([image.nx, image.ny, image.nz], [181, 217, 181])
         XCTAssertEqual(image.voxels.count, 181 * 217 * 181)
         XCTAssertEqual(image.spacing.x, 1); XCTAssertEqual(image.spacing.y, 1); XCTAssertEqual(image.spacing.z, 1)
         XCTAssertEqual(image.datatype, .uint8)
         XCTAssertEqual(image.geometry.sformCode, NIFTI_XFORM_MNI_152)
         XCTAssertEqual(image.geometry.stoXYZ[0], [1, 0, 0, -90])
+        XCTAssertEqual(image.sourcePath, "\(Self.templates)/ch2.nii.gz")
         XCTAssertEqual(image.nonFiniteCount, 0)
-        let low = image.voxels.min()!, high = image.voxels.max()!
+        var low = Float.infinity, high = -Float.infinity
+        image.voxels.withUnsafeBufferPointer { v in for x in v { low = min(low, x); high = max(high, x) } }
         XCTAssertEqual(low, 0)
         XCTAssertTrue(high > 200 && high <= 255, "max \(high)")
         // Air around the head is dark, the middle of the brain is not.
         XCTAssertEqual(image.voxels[0], 0)
-        let centre = 90 + 181 * (108 + 217 * 90)
-        XCTAssertGreaterThan(image.voxels[centre], 20)
+        XCTAssertGreaterThan(image.voxels[90 + 181 * (108 + 217 * 90)], 20)
     }
 
     func testReadsAALAtlasLabels() throws {
-        let image = try NiftiImage(contentsOf: try template("aal.nii.gz"))
+        let image = try templateImage("aal.nii.gz")
         XCTAssertEqual([image.nx, image.ny, image.nz], [181, 217, 181])
-        let labels = Set(image.voxels)
-        XCTAssertTrue(labels.allSatisfy { $0 == $0.rounded() && $0 >= 0 && $0 <= 116 })
-        for label: Float in [0, 1, 37, 38, 41, 42, 71, 90, 116] { XCTAssertTrue(labels.contains(label), "label \(label) missing") }
+        var seen = [Bool](repeating: false, count: 256), others = 0
+        image.voxels.withUnsafeBufferPointer { v in
+            for x in v {
+                if x >= 0, x <= 255, x == x.rounded() { seen[Int(x)] = true } else { others += 1 }
+            }
+        }
+        XCTAssertEqual(others, 0)
+        XCTAssertEqual(seen.lastIndex(of: true), 116)
+        for label in [0, 1, 37, 38, 41, 42, 71, 90, 116] { XCTAssertTrue(seen[label], "label \(label) missing") }
     }
 
     // MARK: - Geometry round trips
 
     func testLabelMapLikeColinKeepsGeometryExactly() throws {
-        let reference = try NiftiImage(contentsOf: try template("ch2.nii.gz"))
-        let labels = reference.voxels.map { UInt16($0 > 100 ? 2 : $0 > 30 ? 1 : 0) }
-        for name in ["labels.nii.gz", "labels.nii"] {
-            let path = "\(folder)/\(name)"
-            try NiftiImage.writeLabelMap(labels, like: reference, to: path)
-            let back = try NiftiImage(contentsOf: path)
-            XCTAssertEqual(back.geometry, reference.geometry)   // dims, pixdim, codes, matrices: exact
-            XCTAssertEqual(back.datatype, .uint8)
-            XCTAssertEqual(back.voxels, labels.map(Float.init))
+        // The AAL atlas's labels, written on the Colin template's grid.
+        let reference = try templateImage("ch2.nii.gz"), atlas = try templateImage("aal.nii.gz")
+        let labels = [Int32](unsafeUninitializedCapacity: atlas.voxels.count) { out, count in
+            atlas.voxels.withUnsafeBufferPointer { v in for i in v.indices { out[i] = Int32(v[i]) } }
+            count = atlas.voxels.count
         }
-        XCTAssertEqual(try folderContents(), ["labels.nii", "labels.nii.gz"])
+        let path = "\(folder)/labels.nii.gz"
+        try NiftiImage.writeLabelMap(labels, like: reference, to: path)
+        let back = try NiftiImage(contentsOf: path)
+        XCTAssertEqual(back.geometry, reference.geometry)   // dims, pixdim, codes, matrices: exact
+        XCTAssertEqual(back.datatype, .uint8)
+        XCTAssertTrue(back.voxels == atlas.voxels)
+        XCTAssertEqual(try folderContents(), ["labels.nii.gz"])
         // The header marks a label map and its label range.
-        let nim = nifti_image_read("\(folder)/labels.nii", 0)!
+        let nim = nifti_image_read(path, 0)!
         defer { nifti_image_free(nim) }
         XCTAssertEqual(nim.pointee.intent_code, NIFTI_INTENT_LABEL)
-        XCTAssertEqual([nim.pointee.cal_min, nim.pointee.cal_max, nim.pointee.scl_slope, nim.pointee.scl_inter], [0, 2, 1, 0])
+        XCTAssertEqual([nim.pointee.cal_min, nim.pointee.cal_max, nim.pointee.scl_slope, nim.pointee.scl_inter], [0, 116, 1, 0])
+    }
+
+    func testLabelMapKeepsQformAndUnits() throws {
+        // Colin has no qform; this reference has both transforms, differing, with their own codes.
+        var geometry = try NiftiGeometry(nx: 4, ny: 3, nz: 2, affine: obliqueAffine(), code: NIFTI_XFORM_SCANNER_ANAT)
+        geometry.stoXYZ[1][3] += 10
+        geometry.sformCode = NIFTI_XFORM_TALAIRACH
+        geometry.timeUnits = NIFTI_UNITS_SEC
+        geometry.pixdim[4] = 2.5
+        let reference = try NiftiImage(voxels: [Float](repeating: 0, count: 24), geometry: geometry)
+        for name in ["l.nii", "l.nii.gz"] {
+            try NiftiImage.writeLabelMap((0..<24).map { UInt16($0 * 20) }, like: reference, to: "\(folder)/\(name)")
+            let back = try NiftiImage(contentsOf: "\(folder)/\(name)")
+            XCTAssertEqual(back.geometry, geometry)
+            XCTAssertEqual(back.geometry.xyztUnits, NIFTI_UNITS_MM | NIFTI_UNITS_SEC)
+            XCTAssertEqual(back.datatype, .int16)
+            XCTAssertEqual(back.voxels, (0..<24).map { Float($0 * 20) })
+        }
     }
 
     func testLabelMapUsesSmallestType() throws {

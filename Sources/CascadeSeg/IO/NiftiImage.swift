@@ -92,11 +92,11 @@ public struct NiftiImage: Sendable {
             throw CascadeSegError.io("cannot read '\(path)': \(String(cString: strerror(errno)))")
         }
         let header = try Header(path: path)
-        func fail(_ m: String) -> CascadeSegError { .invalidInput("'\(path)': \(m)") }
+        func fail(_ m: String) -> CascadeSegError { .invalidInput("'\(path)' \(m)") }
 
         guard let type = DataType(rawValue: header.datatype) else {
             let name = String(cString: nifti_datatype_string(header.datatype))
-            throw fail("datatype \(name) (\(header.datatype)) is not supported; one of \(DataType.allCases.map(\.description).joined(separator: ", ")) is needed")
+            throw fail("has datatype \(name) (\(header.datatype)), which is not supported; one of \(DataType.allCases.map(\.description).joined(separator: ", ")) is needed")
         }
         let ndim = Int(header.dim[0])
         let shown = header.dim[1...max(1, min(ndim, 7))].map(String.init).joined(separator: "x")
@@ -110,16 +110,17 @@ public struct NiftiImage: Sendable {
         let geometry = header.geometry
         let s = [geometry.pixdim[1], geometry.pixdim[2], geometry.pixdim[3]]
         guard s.allSatisfy({ $0 > 0 && $0.isFinite }) else {
-            throw fail("voxel spacing (pixdim 1-3) is \(s.map { String($0) }.joined(separator: " x ")); it must be positive and finite")
+            throw fail("has voxel spacing (pixdim 1-3) \(s.map { String($0) }.joined(separator: " x ")); it must be positive and finite")
         }
-        let (count, overflow) = geometry.nx.multipliedReportingOverflow(by: geometry.ny * geometry.nz)
-        guard !overflow, count <= NiftiImage.maximumVoxelCount, geometry.ny <= NiftiImage.maximumVoxelCount,
-              geometry.nz <= NiftiImage.maximumVoxelCount else {
-            throw fail("\(shown) voxels are more than the \(NiftiImage.maximumVoxelCount) this reader accepts")
+        let plane = geometry.nx.multipliedReportingOverflow(by: geometry.ny)
+        let volume = plane.partialValue.multipliedReportingOverflow(by: geometry.nz)
+        let count = volume.partialValue
+        guard !plane.overflow, !volume.overflow, count <= NiftiImage.maximumVoxelCount else {
+            throw fail("has \(shown) voxels, more than the \(NiftiImage.maximumVoxelCount) this reader accepts")
         }
         let byteCount = count * type.bytesPerVoxel
         if !compressed, Int(info.st_size) < header.offset + byteCount {
-            throw fail("is truncated: \(max(0, Int(info.st_size) - header.offset)) bytes of voxel data, the header needs \(byteCount)")
+            throw fail("is truncated: it holds \(max(0, Int(info.st_size) - header.offset)) of the \(byteCount) bytes of voxel data its header describes")
         }
 
         let slope = header.slope != 0 && header.slope.isFinite ? header.slope : nil
