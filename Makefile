@@ -18,7 +18,7 @@ data-deps:
 build: deps
 	swift build -c release
 
-test: deps
+test: deps data-deps
 	swift build --build-tests
 	swift test
 

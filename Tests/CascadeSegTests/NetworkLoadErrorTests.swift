@@ -26,4 +26,17 @@ final class NetworkLoadErrorTests: XCTestCase {
             XCTAssertTrue(error is CascadeSegError, "\(error)")
         }
     }
+
+    func testActivationsLargerThanTheDeviceAllowsAreAClearError() throws {
+        let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
+        let g = graph([Node(name: "huge_resize", op: .resize, inputs: ["x"], outputs: ["y"],
+                            attributes: ["scales": .numbers([64, 64, 64]), "mode": .string("nearest")])])
+        let network = try Network(graph: g, weights: [:], context: context)
+        let before = context.memory.liveBytes
+        XCTAssertThrowsError(try network.run(Tensor(zeros: [1, 1, 32, 32, 32]))) { error in
+            guard case CascadeSegError.budget(let message) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(message.contains("allows at most"), message)
+        }
+        XCTAssertEqual(context.memory.liveBytes, before, "a failed run must release what it allocated")
+    }
 }

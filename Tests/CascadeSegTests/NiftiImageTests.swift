@@ -1,4 +1,5 @@
 import CNifti
+import CZlib
 import Foundation
 import XCTest
 @testable import CascadeSeg
@@ -269,6 +270,13 @@ final class NiftiImageTests: XCTestCase {
         let nim = nifti_make_new_nim(&dims, NIFTI_TYPE_INT16, 0)!
         nim.pointee.scl_slope = 0.5
         nim.pointee.iname_offset = 352
+        withUnsafeMutableBytes(of: &nim.pointee.pixdim) { raw in
+            let p = raw.bindMemory(to: Double.self)
+            (p[1], p[2], p[3]) = (0.75, 1.5, 3)
+        }
+        (nim.pointee.dx, nim.pointee.dy, nim.pointee.dz) = (0.75, 1.5, 3)
+        nim.pointee.sform_code = NIFTI_XFORM_SCANNER_ANAT
+        nim.pointee.sto_xyz = NiftiGeometry.dmat44([[0, 0.75, 0, -12], [-1.5, 0, 0, 0], [0, 0, 3, 0]])
         var header = nifti_1_header()
         XCTAssertEqual(nifti_convert_nim2n1hdr(nim, &header), 0)
         nifti_image_free(nim)
@@ -280,6 +288,10 @@ final class NiftiImageTests: XCTestCase {
         let image = try NiftiImage(contentsOf: path)
         XCTAssertEqual(image.voxels, [-150, 1, 500, -0.5])
         XCTAssertEqual(image.datatype, .int16)
+        XCTAssertEqual(image.geometry.pixdim[1...3], [0.75, 1.5, 3])
+        XCTAssertEqual(image.geometry.sformCode, NIFTI_XFORM_SCANNER_ANAT)
+        XCTAssertEqual(image.geometry.stoXYZ[0], [0, 0.75, 0, -12])
+        XCTAssertEqual(image.geometry.stoXYZ[1], [-1.5, 0, 0, 0])
     }
 
     func testNonFiniteVoxelsAreCountedNotHidden() throws {
@@ -291,6 +303,23 @@ final class NiftiImageTests: XCTestCase {
         XCTAssertEqual(back.nonFiniteCount, 3)
         XCTAssertTrue(back.voxels[1].isNaN)
         XCTAssertEqual(back.voxels[3], .infinity)
+    }
+
+    func testConcatenatedGzipMembersAndTrailingBytes() throws {
+        // `cat a.gz b.gz` (or pigz) output is one gzip file; bytes after the last member are ignored.
+        let geometry = try NiftiGeometry(nx: 4, ny: 4, nz: 4, affine: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+        let image = try NiftiImage(voxels: (0..<64).map { Float($0) / 4 }, geometry: geometry)
+        try image.write(to: "\(folder)/plain.nii")
+        let plain = try AtomicFile.read("\(folder)/plain.nii")
+        let path = "\(folder)/members.nii.gz"
+        for (part, mode) in [(plain[0..<500], "wb"), (plain[500...], "ab")] {
+            let file = gzopen(path, mode)!
+            _ = Array(part).withUnsafeBytes { gzwrite(file, $0.baseAddress, UInt32($0.count)) }
+            XCTAssertEqual(gzclose(file), Z_OK)
+        }
+        XCTAssertEqual(try NiftiImage(contentsOf: path).voxels, image.voxels)
+        try AtomicFile.write(try AtomicFile.read(path) + [0, 0, 0, 0, 7], to: path)
+        XCTAssertEqual(try NiftiImage(contentsOf: path).voxels, image.voxels)
     }
 
     func testFourDWithOneVolumeIsAccepted() throws {
@@ -355,6 +384,27 @@ final class NiftiImageTests: XCTestCase {
             writeWithLibnifti(path, dims: dims, datatype: NIFTI_TYPE_UINT8, data: [UInt8](repeating: 1, count: Int(dims.reduce(1, *))))
             assertThrows(try NiftiImage(contentsOf: path), mentioning: words)
         }
+    }
+
+    func testHugeDimensionsAreRefusedBeforeReading() throws {
+        // Headers claiming far more voxels than the file holds (NIfTI-1: 32767^3; NIfTI-2: 2^40 x 2^40 x 2).
+        writeWithLibnifti("\(folder)/huge1.nii", dims: [2, 2, 2], datatype: NIFTI_TYPE_UINT8, data: Array(0..<8))
+        var bytes = try AtomicFile.read("\(folder)/huge1.nii")
+        for axis in 1...3 { withUnsafeBytes(of: Int16(32767)) { bytes.replaceSubrange((40 + 2 * axis)..<(42 + 2 * axis), with: $0) } }
+        try AtomicFile.write(bytes, to: "\(folder)/huge1.nii")
+        assertThrows(try NiftiImage(contentsOf: "\(folder)/huge1.nii"), mentioning: ["32767x32767x32767", "more than"])
+
+        let geometry = try NiftiGeometry(nx: 2, ny: 2, nz: 2, affine: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], niftiVersion: 2)
+        try NiftiImage(voxels: [Float](repeating: 1, count: 8), geometry: geometry).write(to: "\(folder)/huge2.nii.gz")
+        try AtomicFile.write(try AtomicFile.read("\(folder)/huge2.nii.gz"), to: "\(folder)/copy.nii.gz")
+        let reader = try InflatingReader(path: "\(folder)/huge2.nii.gz")
+        var plain = [UInt8](repeating: 0, count: 1024)
+        let n = try plain.withUnsafeMutableBytes { try reader.read(into: $0) }
+        plain.removeSubrange(n...)
+        XCTAssertEqual(n, 544 + 32)
+        for axis in 1...2 { withUnsafeBytes(of: Int64(1) << 40) { plain.replaceSubrange((16 + 8 * axis)..<(24 + 8 * axis), with: $0) } }
+        try AtomicFile.write(plain, to: "\(folder)/huge2.nii")
+        assertThrows(try NiftiImage(contentsOf: "\(folder)/huge2.nii"), mentioning: ["huge2.nii"])
     }
 
     func testUnsupportedDatatypesAreErrors() {

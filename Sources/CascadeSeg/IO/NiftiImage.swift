@@ -7,10 +7,14 @@ import Foundation
 ///
 /// libnifti2 reads the header (and derives the qform matrix); the voxel bytes are read here
 /// (`InflatingReader`), because libnifti silently replaces NaN and Inf voxels by 0 and, like
-/// zlib's gzread, takes a gzip stream cut short after the voxels for a whole one. Writing builds the header with libnifti, writes
-/// it and the voxels with zlib to a temporary file beside the destination, reads that back,
-/// flushes it and renames it over the destination. (libnifti's own `nifti_image_write` reports
-/// no errors, and in 3.0.1 cannot write NIfTI-2.)
+/// zlib's gzread, takes a gzip stream cut short after the voxels for a whole one. Writing
+/// builds the header with libnifti, writes it and the voxels with zlib to a temporary file
+/// beside the destination, reads that back, flushes it and renames it over the destination.
+/// (libnifti's own `nifti_image_write` reports no errors, and in 3.0.1 cannot write NIfTI-2.)
+///
+/// Kept from the input header: the grid, pixdim, qform and sform with their codes, xyzt_units
+/// and the NIfTI version. Not kept: intent, description, calibration range, slice timing,
+/// toffset and extensions.
 public struct NiftiImage: Sendable {
     /// On-disk voxel types this reader understands (the `NIFTI_TYPE_*` codes).
     public enum DataType: Int32, Sendable, CaseIterable, CustomStringConvertible {
@@ -44,7 +48,7 @@ public struct NiftiImage: Sendable {
     public var geometry: NiftiGeometry
     /// The datatype stored in the file read (float32 for images made in memory).
     public private(set) var datatype: DataType
-    /// The file this image was read from; writes refuse to replace it.
+    /// The file this image was read from (made absolute); writes refuse to replace it.
     public private(set) var sourcePath: String?
 
     /// Larger volumes are refused (8 GiB of float32), so a hostile header cannot ask for more.
@@ -140,7 +144,7 @@ public struct NiftiImage: Sendable {
         self.voxels = voxels
         self.geometry = geometry
         self.datatype = type
-        self.sourcePath = path
+        self.sourcePath = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 
     // MARK: - Writing
@@ -242,13 +246,16 @@ public struct NiftiImage: Sendable {
             // libnifti reports a zero or NaN spacing as 1 and leaves pixdim[0] out, so pixdim
             // comes from the header as stored.
             var headerVersion: Int32 = 0
-            guard let stored = nifti_read_header(path, &headerVersion, 1) else {
+            guard let stored = nifti_read_header(path, &headerVersion, 0) else {
                 throw CascadeSegError.invalidInput("'\(path)' is not a readable NIfTI file (libnifti could not read its header)")
             }
             defer { free(stored) }
             guard headerVersion == 1 || headerVersion == 2 else {
                 throw CascadeSegError.invalidInput("'\(path)' has a NIfTI header of unknown version \(headerVersion)")
             }
+            // nifti_read_header does not byte-swap; a foreign-order header shows in sizeof_hdr.
+            let sizeofHeader = stored.load(as: Int32.self)
+            if sizeofHeader != (headerVersion == 2 ? 540 : 348) { swap_nifti_header(stored, headerVersion) }
             let pixdim: [Double]
             if headerVersion == 2 {
                 pixdim = withUnsafeBytes(of: stored.assumingMemoryBound(to: nifti_2_header.self).pointee.pixdim) {

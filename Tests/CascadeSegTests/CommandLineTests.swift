@@ -1,0 +1,119 @@
+import Foundation
+import XCTest
+@testable import CascadeSeg
+
+/// The `cascadeseg` binary as a user runs it: exit codes, messages, and no partial outputs.
+final class CommandLineTests: XCTestCase {
+    /// The binary SwiftPM built next to the test bundle (`swift build --build-tests` builds it).
+    var binary: URL {
+        let candidates = [Bundle.main.executableURL?.deletingLastPathComponent(), Bundle(for: Self.self).bundleURL,
+                          Bundle(for: Self.self).bundleURL.deletingLastPathComponent()].compactMap { $0 }
+        return candidates.map { $0.appendingPathComponent("cascadeseg") }
+            .first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0].appendingPathComponent("cascadeseg")
+    }
+    var fixtures: URL { FixtureNetworkTests.fixtures }
+
+    struct Outcome { var status: Int32; var stdout: String; var stderr: String }
+
+    func cascadeseg(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw CascadeSegError.io("the cascadeseg binary is not built next to the tests (\(binary.path)); run `swift build --build-tests`")
+        }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                       stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    func temporaryDirectory() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cascadeseg-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        return dir
+    }
+
+    func testRunMatchesPyTorchFixture() throws {
+        let dir = try temporaryDirectory()
+        let output = dir.appendingPathComponent("y.npy").path
+        let r = try cascadeseg(["run", fixtures.appendingPathComponent("unet_in.cseg").path,
+                                "--input", fixtures.appendingPathComponent("unet_in_in_16x36x12.npy").path,
+                                "--output", output, "--device", "cpu", "--profile"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("peak device memory"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("Conv"), "profile should list ops: \(r.stderr)")
+        let y = try NpyFile.read(output)
+        let expected = try NpyFile.read(fixtures.appendingPathComponent("unet_in_out_16x36x12.npy").path)
+        XCTAssertEqual(y.shape, expected.shape)
+        let worst = zip(y.data, expected.data).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThan(worst, 1e-3)
+    }
+
+    func testInfoDescribesModel() throws {
+        let r = try cascadeseg(["info", fixtures.appendingPathComponent("unet_in.cseg").path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("parameters:   85364"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("InstanceNormalization x10"), r.stdout)
+    }
+
+    func testNoOpenCLPlatformIsAClearError() throws {
+        let empty = try temporaryDirectory()
+        let r = try cascadeseg(["devices"], environment: ["OCL_ICD_VENDORS": empty.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("no OpenCL platform"), r.stderr)
+    }
+
+    func testBadInputsFailCleanlyWithoutOutput() throws {
+        let dir = try temporaryDirectory()
+        let model = fixtures.appendingPathComponent("unet_in.cseg").path
+        let good = try AtomicFile.read(fixtures.appendingPathComponent("unet_in_in_16x36x12.npy").path)
+        var cases: [(String, [UInt8], String)] = [
+            ("truncated.npy", Array(good.prefix(good.count / 2)), "data bytes"),
+            ("garbage.npy", Array("hello".utf8), "not a .npy file"),
+            ("wrongsize.npy", NpyFile.serialize(Tensor(zeros: [1, 1, 15, 36, 12])), "multiple of"),
+            ("wrongchannels.npy", NpyFile.serialize(Tensor(zeros: [1, 2, 16, 36, 12])), "channels"),
+            ("rank3.npy", NpyFile.serialize(Tensor(zeros: [16, 36, 12])), "1xCxDxHxW"),
+        ]
+        var nan = Tensor(zeros: [1, 1, 16, 36, 12])
+        nan.data[7] = .nan
+        cases.append(("nan.npy", NpyFile.serialize(nan), "NaN"))
+        for (name, bytes, message) in cases {
+            let input = dir.appendingPathComponent(name).path
+            try AtomicFile.write(bytes, to: input)
+            let output = dir.appendingPathComponent(name + ".out.npy").path
+            let r = try cascadeseg(["run", model, "--input", input, "--output", output, "--device", "cpu"])
+            XCTAssertEqual(r.status, 1, "\(name): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(message), "\(name): \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: output), "\(name) left an output")
+            XCTAssertEqual(try AtomicFile.read(input), bytes, "\(name): the input was modified")
+        }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains("partial") }
+        XCTAssertEqual(leftovers, [])
+    }
+
+    func testCorruptModelAndUsageErrors() throws {
+        let dir = try temporaryDirectory()
+        let bytes = try AtomicFile.read(fixtures.appendingPathComponent("unet_in.cseg").path)
+        let truncated = dir.appendingPathComponent("truncated.cseg").path
+        try AtomicFile.write(Array(bytes.prefix(bytes.count - 100)), to: truncated)
+        let r = try cascadeseg(["info", truncated])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("truncated"), r.stderr)
+        let usage = try cascadeseg(["run", truncated, "--bogus"])
+        XCTAssertEqual(usage.status, 2)
+        XCTAssertTrue(usage.stderr.contains("unknown option --bogus"), usage.stderr)
+        let missingDevice = try cascadeseg(["run", fixtures.appendingPathComponent("unet_in.cseg").path, "--input",
+                                            fixtures.appendingPathComponent("unet_in_in_16x36x12.npy").path,
+                                            "--output", dir.appendingPathComponent("o.npy").path, "--device", "no-such-device"])
+        XCTAssertEqual(missingDevice.status, 1)
+        XCTAssertTrue(missingDevice.stderr.contains("no device name contains"), missingDevice.stderr)
+    }
+}
