@@ -1,6 +1,11 @@
-// Instance and group normalization, accurate on whole volumes: the mean and variance are
-// found in two passes (variance of x - mean, never E[x^2] - E[x]^2), each pass summing with
-// Kahan compensation in partial sums that a second kernel combines, also compensated.
+// Instance and group normalization, accurate on whole volumes: variances are always sums of
+// (x - mean)^2, never E[x^2] - E[x]^2, and every sum is Kahan-compensated.
+//
+// CPUs (CHUNKED 1): each work-item takes one contiguous chunk of a group, finds the chunk's
+// mean and sum of squared deviations in two passes over the chunk (the second pass reads it
+// from cache), and norm_combine_moments merges the chunks with Chan et al.'s pairwise formula.
+// The volume is read from memory once. GPUs (CHUNKED 0): interleaved partial sums, two global
+// passes (mean, then squared deviations), each followed by norm_finalize.
 //
 // A group g covers `len` contiguous values (its channels are adjacent in NCDHW).
 // Compile-time: CHUNKED 1 makes each partial sum read one contiguous chunk (CPUs, caches);
@@ -66,6 +71,78 @@ __kernel void norm_partial_sums(__global const float* restrict x, __global const
 #endif
     partial[(size_t)g * P + p] = sum;
 }
+
+#if CHUNKED
+// Work-item (p, g): mean and sum of squared deviations of chunk p of group g, stored at
+// moments[2 * (g * P + p)].
+__kernel void norm_chunk_moments(__global const float* restrict x, __global float* restrict moments, long len, int P)
+{
+    const int p = get_global_id(0);
+    const int g = get_global_id(1);
+    if (p >= P) return;
+    __global const float* xg = x + (size_t)g * len;
+    const long chunk = (len + P - 1) / P;
+    const long begin = min((long)p * chunk, len);
+    const long end = min(begin + chunk, len);
+    float mean = 0.0f, m2 = 0.0f;
+    for (int pass = 0; pass < 2 && end > begin; ++pass) {
+        float8 s0 = (float8)(0.0f), s1 = (float8)(0.0f), c0 = (float8)(0.0f), c1 = (float8)(0.0f);
+        const float8 m8 = (float8)(mean);
+        long i = begin;
+        for (; i + 16 <= end; i += 16) {
+            float8 a = vload8(0, xg + i) - m8, b = vload8(0, xg + i + 8) - m8;
+            if (pass == 1) { a = a * a; b = b * b; }
+            KAHAN_ADD(s0, c0, a)
+            KAHAN_ADD(s1, c1, b)
+        }
+        float sum = 0.0f, comp = 0.0f;
+        for (; i < end; ++i) {
+            float v = xg[i] - mean;
+            if (pass == 1) v = v * v;
+            const float y = v - comp;
+            const float t = sum + y;
+            comp = (t - sum) - y;
+            sum = t;
+        }
+        float lanes[16], comps[16];
+        vstore8(s0, 0, lanes); vstore8(s1, 0, lanes + 8);
+        vstore8(c0, 0, comps); vstore8(c1, 0, comps + 8);
+        for (int l = 0; l < 16; ++l) {
+            const float y = (lanes[l] - comps[l]) - comp;
+            const float t = sum + y;
+            comp = (t - sum) - y;
+            sum = t;
+        }
+        if (pass == 0) mean = sum / (float)(end - begin); else m2 = sum;
+    }
+    moments[2 * ((size_t)g * P + p)] = mean;
+    moments[2 * ((size_t)g * P + p) + 1] = m2;
+}
+
+// Work-item g: merges the chunk moments of group g (Chan, Golub and LeVeque's pairwise update)
+// into the mean and 1 / sqrt(variance + epsilon).
+__kernel void norm_combine_moments(__global const float* restrict moments, __global float* restrict stats,
+                                   long len, int P, int G, float epsilon)
+{
+    const int g = get_global_id(0);
+    if (g >= G) return;
+    const long chunk = (len + P - 1) / P;
+    float n = 0.0f, mean = 0.0f, m2 = 0.0f;
+    for (int p = 0; p < P; ++p) {
+        const long begin = min((long)p * chunk, len);
+        const float nb = (float)(min(begin + chunk, len) - begin);
+        if (nb == 0.0f) continue;
+        const float mb = moments[2 * ((size_t)g * P + p)], m2b = moments[2 * ((size_t)g * P + p) + 1];
+        const float total = n + nb;
+        const float delta = mb - mean;
+        mean += delta * (nb / total);
+        m2 += m2b + delta * delta * (n * nb / total);
+        n = total;
+    }
+    stats[2 * g] = mean;
+    stats[2 * g + 1] = rsqrt(m2 / (float)len + epsilon);
+}
+#endif
 
 // Work-item g: combines the P partial sums of group g. pass 0 stores the mean; pass 1 stores
 // 1 / sqrt(variance + epsilon) next to it.

@@ -43,3 +43,26 @@ final class FixtureNetworkTests: XCTestCase {
     func testMixedOperatorNetworkMatchesPyTorch() throws { try check("mixed_ops") }
     func testArgMaxNetworkGivesPyTorchLabels() throws { try check("tiny_argmax", exact: true) }
 }
+
+/// The GPU configuration (work-groups of many items, interleaved norm sums) must compute the
+/// same results; it runs here on the CPU device so that its code paths are tested everywhere.
+final class GPUTuningOnCPUTests: XCTestCase {
+    func testFixtureNetworksWithGPUTuning() throws {
+        let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
+        for name in ["unet_in", "mixed_ops"] {
+            let model = try ModelFile(contentsOf: FixtureNetworkTests.fixtures.appendingPathComponent("\(name).cseg").path)
+            let network = try Network(graph: try model.stageGraph(1), weights: model.weights, context: context, tuning: .gpu)
+            let files = try FileManager.default.contentsOfDirectory(atPath: FixtureNetworkTests.fixtures.path)
+                .filter { $0.hasPrefix("\(name)_in_") }.sorted()
+            for file in files {
+                let size = file.dropFirst("\(name)_in_".count).dropLast(4)
+                let x = try NpyFile.read(FixtureNetworkTests.fixtures.appendingPathComponent(file).path)
+                let expected = try NpyFile.read(FixtureNetworkTests.fixtures.appendingPathComponent("\(name)_out_\(size).npy").path)
+                let y = try network(x)
+                XCTAssertEqual(y.shape, expected.shape)
+                let worst = zip(y.data, expected.data).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(worst, 1e-3, "\(name) \(size)")
+            }
+        }
+    }
+}

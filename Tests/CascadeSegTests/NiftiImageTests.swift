@@ -405,6 +405,15 @@ final class NiftiImageTests: XCTestCase {
         for axis in 1...2 { withUnsafeBytes(of: Int64(1) << 40) { plain.replaceSubrange((16 + 8 * axis)..<(24 + 8 * axis), with: $0) } }
         try AtomicFile.write(plain, to: "\(folder)/huge2.nii")
         assertThrows(try NiftiImage(contentsOf: "\(folder)/huge2.nii"), mentioning: ["huge2.nii"])
+
+        // Within the limit but far beyond a small compressed file's contents: 1024^3 float32.
+        writeWithLibnifti("\(folder)/claims.nii", dims: [2, 2, 2], datatype: NIFTI_TYPE_FLOAT32, data: [UInt8](repeating: 0, count: 32))
+        bytes = try AtomicFile.read("\(folder)/claims.nii")
+        for axis in 1...3 { withUnsafeBytes(of: Int16(1024)) { bytes.replaceSubrange((40 + 2 * axis)..<(42 + 2 * axis), with: $0) } }
+        let file = gzopen("\(folder)/claims.nii.gz", "wb")!
+        _ = bytes.withUnsafeBytes { gzwrite(file, $0.baseAddress, UInt32($0.count)) }
+        XCTAssertEqual(gzclose(file), Z_OK)
+        assertThrows(try NiftiImage(contentsOf: "\(folder)/claims.nii.gz"), mentioning: ["truncated", "32 of the 4294967296 bytes"])
     }
 
     func testUnsupportedDatatypesAreErrors() {

@@ -37,18 +37,21 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
     }
 
     public static func defaults(for device: ComputeDevice) -> DeviceTuning {
-        if device.isCPU {
-            // CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about
-            // 8 (AVX2) to 16 (AVX-512) vector accumulators so nothing spills.
-            let wide = device.preferredFloatVectorWidth >= 16
-            return DeviceTuning(convKB: 8, convXV: wide ? 16 : 8, convXN: wide ? 2 : 1, convLocal: [1, 1, 1],
-                                elementwiseGroup: 1, elementwisePerItem: 4096,
-                                normPartitions: 4 * max(device.computeUnits, 1), normChunked: true,
-                                voxelLocal: [16, 1, 1])
-        }
-        // GPUs: many light work-items, coalesced along x.
-        return DeviceTuning(convKB: 4, convXV: 4, convXN: 1, convLocal: [8, 8, 1],
-                            elementwiseGroup: 256, elementwisePerItem: 4,
-                            normPartitions: 256, normChunked: false, voxelLocal: [32, 4, 1])
+        device.isCPU ? cpu(vectorWidth: device.preferredFloatVectorWidth, computeUnits: device.computeUnits) : gpu
     }
+
+    /// CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about 8 (AVX2)
+    /// to 16 (AVX-512) vector accumulators so nothing spills.
+    public static func cpu(vectorWidth: Int, computeUnits: Int) -> DeviceTuning {
+        let wide = vectorWidth >= 16
+        return DeviceTuning(convKB: 8, convXV: wide ? 16 : 8, convXN: wide ? 2 : 1, convLocal: [1, 1, 1],
+                            elementwiseGroup: 1, elementwisePerItem: 4096,
+                            normPartitions: 4 * max(computeUnits, 1), normChunked: true,
+                            voxelLocal: [16, 1, 1])
+    }
+
+    /// GPUs: many light work-items, coalesced along x.
+    public static let gpu = DeviceTuning(convKB: 4, convXV: 4, convXN: 1, convLocal: [8, 8, 1],
+                                         elementwiseGroup: 256, elementwisePerItem: 4,
+                                         normPartitions: 256, normChunked: false, voxelLocal: [32, 4, 1])
 }

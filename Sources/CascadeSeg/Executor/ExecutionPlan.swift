@@ -79,7 +79,7 @@ extension Network {
     /// Scratch of a normalization node: the partial sums at offset 0, then the statistics (mean
     /// and inverse deviation per group) at `statsOffset`, aligned so it can be its own view.
     func normScratchLayout(groups: Int) -> (partialBytes: Int, statsOffset: Int, bytes: Int) {
-        let partialBytes = groups * tuning.normPartitions * 4
+        let partialBytes = 2 * groups * tuning.normPartitions * 4  // chunk moments need two floats each
         let statsOffset = (partialBytes + arenaAlignment - 1) / arenaAlignment * arenaAlignment
         return (partialBytes, statsOffset, statsOffset + 2 * groups * 4)
     }

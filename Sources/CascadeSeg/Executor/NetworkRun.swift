@@ -139,11 +139,18 @@ extension Network {
             let partials = try scratch(0, layout.partialBytes)
             let statsView = try scratch(layout.statsOffset, 2 * n.groups * 4)
             let len = count / n.groups
-            for pass in 0..<2 {
-                try context.launch(program, "norm_partial_sums", global: [partitions, n.groups], local: [1, 1],
-                                   [.buffer(x), .buffer(statsView), .buffer(partials)] + long(len) + [int(partitions), int(pass)])
-                try context.launch(program, "norm_finalize", global: [n.groups], local: [1],
-                                   [.buffer(partials), .buffer(statsView)] + long(len) + [int(partitions), int(n.groups), int(pass), .float(n.epsilon)])
+            if tuning.normChunked {
+                try context.launch(program, "norm_chunk_moments", global: [partitions, n.groups], local: [1, 1],
+                                   [.buffer(x), .buffer(partials)] + long(len) + [int(partitions)])
+                try context.launch(program, "norm_combine_moments", global: [n.groups], local: [1],
+                                   [.buffer(partials), .buffer(statsView)] + long(len) + [int(partitions), int(n.groups), .float(n.epsilon)])
+            } else {
+                for pass in 0..<2 {
+                    try context.launch(program, "norm_partial_sums", global: [partitions, n.groups], local: [1, 1],
+                                       [.buffer(x), .buffer(statsView), .buffer(partials)] + long(len) + [int(partitions), int(pass)])
+                    try context.launch(program, "norm_finalize", global: [n.groups], local: [1],
+                                       [.buffer(partials), .buffer(statsView)] + long(len) + [int(partitions), int(n.groups), int(pass), .float(n.epsilon)])
+                }
             }
             let (act, alpha) = n.activation.kernelCode
             try context.launch(program, "norm_apply", global: [elementwiseGlobal(spatial)[0], outShape[1]], local: [tuning.elementwiseGroup, 1],

@@ -54,7 +54,10 @@ final class InflatingReader {
                 memberEnded = false
             }
             switch inflate(&stream, Z_NO_FLUSH) {
-            case Z_OK, Z_BUF_ERROR: continue
+            case Z_OK: continue
+            case Z_BUF_ERROR where stream.avail_in == 0: continue   // needs more input
+            case Z_BUF_ERROR:
+                throw CascadeSegError.invalidInput("'\(path)' is corrupt: zlib could make no progress decompressing it")
             case Z_STREAM_END: memberEnded = true
             default:
                 throw CascadeSegError.invalidInput("'\(path)' is corrupt: \(stream.msg.map { String(cString: $0) } ?? "invalid compressed data")")

@@ -43,10 +43,11 @@ public struct NiftiGeometry: Equatable, Sendable {
     }
 
     /// A geometry whose sform is `affine` (3 or 4 rows of 4) and whose qform is the nearest
-    /// rotation-plus-spacing to it, both with `code`; spacing is the affine's column lengths, units mm.
+    /// rotation-plus-spacing to it, both with `code` (a `NIFTI_XFORM_*` code; 1 is scanner
+    /// anatomical); spacing is the affine's column lengths, units mm.
     /// With `niftiVersion` 1 every value is rounded to what a NIfTI-1 header stores (float32), so
     /// writing this geometry and reading it back gives an equal geometry.
-    public init(nx: Int, ny: Int, nz: Int, affine: [[Double]], code: Int32 = NIFTI_XFORM_SCANNER_ANAT,
+    public init(nx: Int, ny: Int, nz: Int, affine: [[Double]], code: Int32 = 1,
                 niftiVersion: Int = 1) throws {
         guard nx >= 1, ny >= 1, nz >= 1 else { throw CascadeSegError.invalidInput("grid \(nx)x\(ny)x\(nz) has an empty dimension") }
         guard niftiVersion == 1 || niftiVersion == 2 else { throw CascadeSegError.invalidInput("NIfTI version must be 1 or 2, not \(niftiVersion)") }

@@ -129,17 +129,20 @@ public struct NiftiImage: Sendable {
 
         let slope = header.slope != 0 && header.slope.isFinite ? header.slope : nil
         let intercept = slope == nil ? 0 : header.intercept
-        let voxels = try [Float](unsafeUninitializedCapacity: count) { out, initialized in
-            var done = 0
-            try NiftiImage.readVoxelBytes(path: path, offset: header.offset, byteCount: byteCount) { chunk in
-                if header.swapped, type.bytesPerVoxel > 1 {
-                    nifti_swap_Nbytes(Int64(chunk.count / type.bytesPerVoxel), Int32(type.bytesPerVoxel), chunk.baseAddress!)
-                }
-                let n = chunk.count / type.bytesPerVoxel
-                NiftiImage.convert(UnsafeRawBufferPointer(chunk), type, into: out.baseAddress! + done, slope: slope, intercept: intercept)
-                done += n
+        // The array grows with the data actually read, so a compressed file whose header claims
+        // billions of voxels fails at its end instead of reserving memory for all of them first.
+        var voxels = [Float]()
+        voxels.reserveCapacity(compressed ? min(count, 1 << 26) : count)
+        var converted = [Float](repeating: 0, count: NiftiImage.chunkBytes / type.bytesPerVoxel)
+        try NiftiImage.readVoxelBytes(path: path, offset: header.offset, byteCount: byteCount) { chunk in
+            if header.swapped, type.bytesPerVoxel > 1 {
+                nifti_swap_Nbytes(Int64(chunk.count / type.bytesPerVoxel), Int32(type.bytesPerVoxel), chunk.baseAddress!)
             }
-            initialized = count
+            let n = chunk.count / type.bytesPerVoxel
+            converted.withUnsafeMutableBufferPointer { out in
+                NiftiImage.convert(UnsafeRawBufferPointer(chunk), type, into: out.baseAddress!, slope: slope, intercept: intercept)
+                voxels.append(contentsOf: UnsafeBufferPointer(rebasing: out[0..<n]))
+            }
         }
         self.voxels = voxels
         self.geometry = geometry
@@ -270,10 +273,13 @@ public struct NiftiImage: Sendable {
             geometry = NiftiGeometry(nim.pointee, niftiVersion: version)
             geometry.pixdim = pixdim
             guard offset >= (version == 1 ? 348 : 540) else {
-                throw CascadeSegError.invalidInput("'\(path)': voxel data offset \(offset) overlaps the header")
+                throw CascadeSegError.invalidInput("'\(path)' puts its voxel data at offset \(offset), inside its header")
             }
         }
     }
+
+    /// Voxel bytes are read and converted this many at a time (a multiple of every voxel size).
+    static let chunkBytes = 1 << 22
 
     /// Returns whether the name ends in `.nii.gz` (compressed) or `.nii`; throws for anything else.
     static func checkedExtension(_ path: String) throws -> Bool {
@@ -293,7 +299,7 @@ public struct NiftiImage: Sendable {
             .invalidInput("'\(path)' is truncated: it holds \(held) of the \(byteCount) bytes of voxel data its header describes")
         }
         guard try reader.skip(offset) == offset else { throw truncated(0) }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(max(byteCount, 1), 1 << 22), alignment: 16)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(max(byteCount, 1), chunkBytes), alignment: 16)
         defer { buffer.deallocate() }
         var done = 0
         while done < byteCount {
