@@ -5,11 +5,11 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "repeat", "base", "size", "save"], flags: ["quick", "profile"])
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "repeat", "base", "size", "save", "input"], flags: ["quick", "profile"])
         switch args.positionals {
         case ["kernels"]: try kernels(args)
         case ["unet"]: try unet(args)
-        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW]] [--profile] [--save FILE.cseg]")
+        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW] | --input X.nii.gz|X.npy] [--profile] [--save FILE.cseg]")
         }
     }
 
@@ -36,11 +36,20 @@ enum BenchCommand {
                                   graphs: [graph], weights: weights)
             try model.write(to: path)
         }
-        let size = try parseSize(args["size"] ?? "128")
-        var rng = SplitMixRandom(seed: 5)
-        let x = Tensor(shape: [1, 1] + size, data: (0..<size.reduce(1, *)).map { _ in rng.nextSigned() })
+        let x: Tensor
+        let inputDescription: String
+        if let path = args["input"] {
+            (x, inputDescription) = try VolumeInput.load(path, multiple: graph.sizeMultiple)
+        } else {
+            let size = try parseSize(args["size"] ?? "128")
+            var rng = SplitMixRandom(seed: 5)
+            x = Tensor(shape: [1, 1] + size, data: (0..<size.reduce(1, *)).map { _ in rng.nextSigned() })
+            inputDescription = "random \(size.map(String.init).joined(separator: "x"))"
+        }
         let network = try Network(graph: graph, weights: weights, context: context)
-        print("device: \(device.name); U-Net features \(config.features), \(network.parameterCount) parameters; input \(size)")
+        print("device: \(device.name)")
+        print("network: nnU-Net-like 3D U-Net, features \(config.features), \(network.parameterCount) parameters (random weights)")
+        print("input: \(inputDescription)")
         _ = try network.run(x)  // warm-up: kernel compilation
         var times: [Double] = []
         var last: RunResult? = nil

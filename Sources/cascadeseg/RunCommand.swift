@@ -13,11 +13,8 @@ enum RunCommand {
             throw CascadeSegError.usage("--output must differ from --input (inputs are never overwritten)")
         }
         let model = try ModelFile(contentsOf: args.positionals[0])
-        var input = try NpyFile.read(inputPath)
-        guard input.shape.count == 5 && input.shape[0] == 1 || input.shape.count == 4 else {
-            throw CascadeSegError.invalidInput("\(inputPath): shape \(input.shape) must be 1xCxDxHxW or CxDxHxW")
-        }
-        if input.shape.count == 4 { input.shape = [1] + input.shape }
+        let graph = try model.stageGraph(try args.int("stage", default: 1))
+        let input = try VolumeInput.load(inputPath, multiple: graph.sizeMultiple).tensor
         let device = try ComputeDevice.select(args["device"])
         let context = try ComputeContext.shared(for: device)
         let network = try Network(model: model, stage: try args.int("stage", default: 1), context: context)

@@ -10,8 +10,11 @@ commands:
   info MODEL.cseg                 metadata, graphs, parameters and sizes of a model
   run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
+                                  or a NIfTI volume (z-scored, zero-padded to the network's multiple)
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak
+  bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--profile]
+                                  time and peak memory of a whole nnU-Net-like U-Net (random weights)
   tune [--device D]               find the fastest convolution block sizes and cache them
 
 --device picks a device by index, `cpu`, `gpu` or a name substring (see `cascadeseg devices`).
