@@ -50,3 +50,11 @@ __kernel void channel_affine(__global const float* x, __global float* y, __globa
         y[i] = activate(x[i] * scale[c] + shift[c], act, alpha);
     END_FOR_EACH
 }
+
+// y[offset + i] = x[i]: one input of a channel concatenation.
+__kernel void copy_to_offset(__global const float* restrict x, __global float* restrict y, long n, long offset)
+{
+    FOR_EACH_INDEX(n)
+        y[offset + i] = x[i];
+    END_FOR_EACH
+}

@@ -40,6 +40,21 @@ final class FixtureNetworkTests: XCTestCase {
     }
 
     func testNnUNetLikeUNetMatchesPyTorch() throws { try check("unet_in") }
+
+    func testUpsampledHalfOfEachConcatIsWrittenInPlace() throws {
+        let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
+        let model = try ModelFile(contentsOf: Self.fixtures.appendingPathComponent("unet_in.cseg").path)
+        let network = try Network(model: model, context: context)
+        let plan = try network.plan(inputShape: [1, 1, 16, 36, 12])
+        let concats = network.graph.nodes.filter { $0.op == .concat }
+        XCTAssertEqual(concats.count, 2)
+        for concat in concats {
+            // The ConvTranspose output (first input) lands in the Concat's storage; the skip does not.
+            XCTAssertTrue(plan.concatenatedInPlace.contains(concat.inputs[0]), "\(concat.name)")
+            XCTAssertFalse(plan.concatenatedInPlace.contains(concat.inputs[1]), "\(concat.name)")
+            XCTAssertEqual(plan.storageOf[concat.inputs[0]], plan.storageOf[concat.outputs[0]])
+        }
+    }
     func testMixedOperatorNetworkMatchesPyTorch() throws { try check("mixed_ops") }
     func testArgMaxNetworkGivesPyTorchLabels() throws { try check("tiny_argmax", exact: true) }
 }

@@ -1,10 +1,15 @@
 /// Where every activation of one run lives: value shapes for a concrete input, the storage each
-/// value uses (values computed in place share one), and the arena offsets of those storages.
+/// value uses and where inside it (values computed in place share a storage; a value that only
+/// feeds a Concat is written straight into its slice of the Concat's storage), and the arena
+/// offsets of those storages.
 public struct ExecutionPlan: Sendable {
     public let inputShape: [Int]
     public let shapes: [String: [Int]]
-    /// Storage id of each activation value.
+    /// Storage id of each activation value, and its byte offset inside that storage.
     let storageOf: [String: Int]
+    let offsetInStorage: [String: Int]
+    /// Inputs of Concat nodes that their producer already wrote into the Concat's storage.
+    let concatenatedInPlace: Set<String>
     /// Storage id of the scratch space of a node (normalization statistics), by node index.
     let scratchOf: [Int: Int]
     let storageBytes: [Int: Int]
@@ -52,11 +57,41 @@ extension Network {
             return id
         }
         storageOf[graph.input.name] = newStorage(bytes: try bytes(graph.input.name), first: 0, last: lastUse[graph.input.name]!)
+
+        // Concat inputs written in place: produced by a node that does not itself run in place,
+        // read by nothing but this Concat, and starting at an offset a sub-buffer may have.
+        var uses: [String: Int] = [:]
+        for node in order { for input in node.inputs where !input.isEmpty { uses[input, default: 0] += 1 } }
+        var producerIndex: [String: Int] = [:]
+        for (i, node) in order.enumerated() { for o in node.outputs { producerIndex[o] = i } }
+        var concatSlot: [String: (concat: String, offset: Int)] = [:]
+        for (i, node) in order.enumerated() {
+            guard case .concat = lowered[i], !outputs.contains(node.outputs[0]) else { continue }
+            var offset = 0
+            for input in node.inputs {
+                let size = try bytes(input)
+                if let p = producerIndex[input], !lowered[p].canRunInPlace, uses[input] == 1, !outputs.contains(input),
+                   concatSlot[input] == nil, offset % arenaAlignment == 0, Set(node.inputs).count == node.inputs.count {
+                    concatSlot[input] = (node.outputs[0], offset)
+                }
+                offset += size
+            }
+        }
+        var offsetInStorage: [String: Int] = [:]
         var scratchOf: [Int: Int] = [:]
         for (i, node) in order.enumerated() {
             let step = i + 1
             let out = node.outputs[0]
-            if lowered[i].canRunInPlace, let x = node.input(0), let s = storageOf[x],
+            if let slot = concatSlot[out] {
+                // The Concat's storage comes to life when the first of its slices is written.
+                if storageOf[slot.concat] == nil {
+                    storageOf[slot.concat] = newStorage(bytes: try bytes(slot.concat), first: step, last: lastUse[slot.concat] ?? step)
+                }
+                storageOf[out] = storageOf[slot.concat]
+                offsetInStorage[out] = slot.offset
+            } else if storageOf[out] != nil {
+                // A Concat whose storage already holds some of its inputs.
+            } else if lowered[i].canRunInPlace, let x = node.input(0), let s = storageOf[x], offsetInStorage[x] == nil,
                requests[s]!.lastUse == step, !outputs.contains(x), try bytes(x) == bytes(out) {
                 storageOf[out] = s
                 requests[s]!.lastUse = max(requests[s]!.lastUse, lastUse[out] ?? step)
@@ -68,7 +103,8 @@ extension Network {
             }
         }
         let arena = MemoryPlanner.plan(Array(requests.values), alignment: arenaAlignment)
-        return ExecutionPlan(inputShape: inputShape, shapes: shapes, storageOf: storageOf, scratchOf: scratchOf,
+        return ExecutionPlan(inputShape: inputShape, shapes: shapes, storageOf: storageOf, offsetInStorage: offsetInStorage,
+                             concatenatedInPlace: Set(concatSlot.keys), scratchOf: scratchOf,
                              storageBytes: requests.mapValues(\.bytes), arena: arena, weightBytes: weightBytes)
     }
 

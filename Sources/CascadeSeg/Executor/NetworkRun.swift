@@ -28,14 +28,17 @@ extension Network {
         var outputs: [String: Tensor] = [:]
         do {
             let arena = try context.allocate(bytes: plan.arenaAllocationBytes, label: "activations of '\(graph.name)' for input \(shape)")
-            var views: [Int: DeviceBuffer] = [:]
-            func view(_ storage: Int) throws -> DeviceBuffer {
-                if let v = views[storage] { return v }
-                let v = try context.view(of: arena, offset: ExecutionPlan.guardBytes + plan.arena.offsets[storage]!, bytes: max(plan.storageBytes[storage]!, 4))
-                views[storage] = v
+            // One view per place in the arena, so that values sharing storage share the view.
+            var views: [[Int]: DeviceBuffer] = [:]
+            func buffer(_ value: String) throws -> DeviceBuffer {
+                let storage = plan.storageOf[value]!
+                let inside = plan.offsetInStorage[value] ?? 0
+                let bytes = inside == 0 ? plan.storageBytes[storage]! : plan.shapes[value]!.reduce(4, *)
+                if let v = views[[storage, inside, bytes]] { return v }
+                let v = try context.view(of: arena, offset: ExecutionPlan.guardBytes + plan.arena.offsets[storage]! + inside, bytes: max(bytes, 4))
+                views[[storage, inside, bytes]] = v
                 return v
             }
-            func buffer(_ value: String) throws -> DeviceBuffer { try view(plan.storageOf[value]!) }
             try context.upload(input.data, to: try buffer(graph.input.name))
             for (i, node) in order.enumerated() {
                 let t0 = DispatchTime.now()
@@ -198,7 +201,11 @@ extension Network {
             var offset = 0
             for input in node.inputs {
                 let n = plan.shapes[input]!.reduce(1, *)
-                try context.copy(from: try buffer(input), sourceOffsetFloats: 0, to: out, destinationOffsetFloats: offset, count: n)
+                if !plan.concatenatedInPlace.contains(input) {
+                    // A kernel, not clEnqueueCopyBuffer: some drivers (PoCL) copy on one thread.
+                    try context.launch(try elementwiseProgram(), "copy_to_offset", global: elementwiseGlobal(n), local: [tuning.elementwiseGroup],
+                                       [.buffer(try buffer(input)), .buffer(out)] + long(n) + long(offset))
+                }
                 offset += n
             }
 
