@@ -16,6 +16,8 @@ commands:
   bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--profile]
                                   time and peak memory of a whole nnU-Net-like U-Net (random weights)
   tune [--device D]               find the fastest convolution block sizes and cache them
+  convert --onnx NET.onnx -o NET.cseg [--weights float16] [--name N] [--labels 0=background,1=...]
+                                  convert an ONNX network (exported from PyTorch) to a model file
 
 --device picks a device by index, `cpu`, `gpu` or a name substring (see `cascadeseg devices`).
 """
@@ -37,6 +39,7 @@ do {
     case "run": try RunCommand.run(rest)
     case "bench": try BenchCommand.run(rest)
     case "tune": try TuneCommand.run(rest)
+    case "convert": try ConvertCommand.run(rest)
     default: throw CascadeSegError.usage("unknown command '\(command)'\n\n\(usage)")
     }
 } catch let error as CascadeSegError {

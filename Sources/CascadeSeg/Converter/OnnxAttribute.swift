@@ -39,8 +39,7 @@ public struct OnnxAttribute: Sendable {
                 try r.repeatedFloats(f, "floats", into: &floats)
                 guard floats.count <= 1 << 24 else { throw r.fail("attribute has more than 2^24 floats") }
             case 8:
-                try r.repeatedVarints(f, "ints", into: &ints)
-                guard ints.count <= 1 << 24 else { throw r.fail("attribute has more than 2^24 ints") }
+                try r.repeatedVarints(f, "ints", into: &ints, limit: 1 << 24)
             case 9:
                 guard strings.count < 1 << 16 else { throw r.fail("attribute has more than 65536 strings") }
                 strings.append(try r.bytes(f, "strings"))

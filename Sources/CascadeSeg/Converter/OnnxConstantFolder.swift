@@ -190,16 +190,16 @@ enum OnnxConstantFolder {
             var begin = [Int](repeating: 0, count: rank), step = [Int](repeating: 1, count: rank), shape = data.shape
             for (i, a) in axesList.enumerated() {
                 let dim = Int64(data.shape[a]), s = stepList[i]
-                guard s != 0 else { throw fail(node, "step 0") }
+                guard s != 0, s != .min else { throw fail(node, "invalid step \(s)") }
                 var b = starts[i], e = ends[i]
                 if b < 0 { b = b &+ dim }
                 if e < 0 { e = e &+ dim }
                 if s > 0 {
                     b = min(max(b, 0), dim); e = min(max(e, 0), dim)
-                    shape[a] = e > b ? Int((e - b + s - 1) / s) : 0
+                    shape[a] = e > b ? Int((e - b - 1) / s + 1) : 0
                 } else {
                     b = min(max(b, 0), dim - 1); e = min(max(e, -1), dim - 1)
-                    shape[a] = b > e ? Int((b - e + (-s) - 1) / (-s)) : 0
+                    shape[a] = b > e ? Int((b - e - 1) / (-s) + 1) : 0
                 }
                 begin[a] = Int(b); step[a] = Int(s)
             }
@@ -316,10 +316,12 @@ enum OnnxConstantFolder {
         case "Range":
             guard let start = try required(0).doubles?.first, let limit = try required(1).doubles?.first,
                   let delta = try required(2).doubles?.first, delta != 0 else { return nil }
-            let n = max(Int((((limit - start) / delta).rounded(.up)).clamped(to: 0...Double(OnnxConstant.maxFoldedElements + 1))), 0)
-            _ = try checkSize([n], node)
+            let steps = ((limit - start) / delta).rounded(.up)
+            guard steps.isFinite, steps <= Double(OnnxConstant.maxFoldedElements) else { throw fail(node, "range is too long") }
+            let n = max(Int(steps), 0)
             let values = (0..<n).map { start + Double($0) * delta }
             if try required(0).isFloat { return [OnnxConstant(floats: values.map { Float($0) }, shape: [n])] }
+            guard values.allSatisfy({ abs($0) < 9e18 }) else { throw fail(node, "range values overflow int64") }
             return [OnnxConstant(ints: values.map { Int64($0) }, shape: [n])]
 
         default:
@@ -446,8 +448,4 @@ enum OnnxConstantFolder {
         default: return nil
         }
     }
-}
-
-fileprivate extension Comparable {
-    func clamped(to range: ClosedRange<Self>) -> Self { min(max(self, range.lowerBound), range.upperBound) }
 }

@@ -22,6 +22,10 @@ public struct OnnxTensorProto: Sendable {
 
     /// Largest tensor the converter accepts (elements), as the .cseg reader's 4 GiB per tensor.
     public static let maxElements = 1 << 30
+    /// Most values of the varint fields (int32_data, int64_data, uint64_data): a one-byte
+    /// varint becomes eight bytes here, so these are capped lower (exporters use raw_data
+    /// for anything large).
+    public static let maxVarintElements = 1 << 24
 
     public var name = ""
     public var dims: [Int64] = []
@@ -47,18 +51,17 @@ public struct OnnxTensorProto: Sendable {
         while let f = try r.nextField() {
             switch f.number {
             case 1:
-                try r.repeatedVarints(f, "dims", into: &dims)
-                guard dims.count <= 32 else { throw r.fail("tensor has more than 32 dimensions") }
+                try r.repeatedVarints(f, "dims", into: &dims, limit: 32)
             case 2: dataType = try r.int32(f, "data_type")
             case 3: hasSegment = true; try r.skip(f)
             case 4: try r.repeatedFloats(f, "float_data", into: &floatData); try cap(floatData.count)
-            case 5: try r.repeatedVarints(f, "int32_data", into: &int32Data); try cap(int32Data.count)
+            case 5: try r.repeatedVarints(f, "int32_data", into: &int32Data, limit: Self.maxVarintElements)
             case 6: stringCount += 1; try r.skip(f)
-            case 7: try r.repeatedVarints(f, "int64_data", into: &int64Data); try cap(int64Data.count)
+            case 7: try r.repeatedVarints(f, "int64_data", into: &int64Data, limit: Self.maxVarintElements)
             case 8: name = try r.string(f, "name")
             case 9: rawData = try r.bytes(f, "raw_data")
             case 10: try r.repeatedDoubles(f, "double_data", into: &doubleData); try cap(doubleData.count)
-            case 11: try r.repeatedVarints(f, "uint64_data", into: &uint64Data); try cap(uint64Data.count)
+            case 11: try r.repeatedVarints(f, "uint64_data", into: &uint64Data, limit: Self.maxVarintElements)
             case 13:
                 guard externalData.count < 64 else { throw r.fail("too many external_data entries") }
                 externalData.append(try r.message(f, "external_data") { e in

@@ -17,23 +17,33 @@ public struct ProtobufReader {
     }
 
     public static let maxDepth = 64
+    /// Most nested messages one buffer may hold (each becomes a decoded struct of a few hundred
+    /// bytes, so this bounds the decoder's memory for a hostile file of tiny messages).
+    public static let maxMessages = 1 << 20
+    /// Most values one repeated scalar field may hold.
+    public static let maxRepeated = 1 << 28
+
+    /// Counts the messages decoded from one buffer, shared by all nested readers.
+    final class Budget { var messages = 0 }
 
     let buffer: [UInt8]
     private(set) var position: Int
     let end: Int
     let depth: Int
+    let budget: Budget
     /// Names the message being read, for error messages ("ModelProto.graph.node").
     let context: String
 
     public init(_ buffer: [UInt8], context: String) {
-        self.init(buffer: buffer, range: 0..<buffer.count, depth: 0, context: context)
+        self.init(buffer: buffer, range: 0..<buffer.count, depth: 0, budget: Budget(), context: context)
     }
 
-    init(buffer: [UInt8], range: Range<Int>, depth: Int, context: String) {
+    init(buffer: [UInt8], range: Range<Int>, depth: Int, budget: Budget, context: String) {
         self.buffer = buffer
         self.position = range.lowerBound
         self.end = range.upperBound
         self.depth = depth
+        self.budget = budget
         self.context = context
     }
 
@@ -151,21 +161,29 @@ public struct ProtobufReader {
         guard depth + 1 <= Self.maxDepth else {
             throw CascadeSegError.invalidModel("ONNX protobuf: \(context).\(what): messages nested deeper than \(Self.maxDepth) levels")
         }
-        var inner = ProtobufReader(buffer: buffer, range: range, depth: depth + 1, context: context + "." + what)
+        budget.messages += 1
+        guard budget.messages <= Self.maxMessages else {
+            throw CascadeSegError.invalidModel("ONNX protobuf: more than \(Self.maxMessages) nested messages")
+        }
+        var inner = ProtobufReader(buffer: buffer, range: range, depth: depth + 1, budget: budget, context: context + "." + what)
         return try body(&inner)
     }
 
     /// Appends the values of a repeated varint field, packed (one length-delimited run) or not.
-    public mutating func repeatedVarints(_ field: Field, _ what: String, into values: inout [Int64]) throws {
+    public mutating func repeatedVarints(_ field: Field, _ what: String, into values: inout [Int64], limit: Int = maxRepeated) throws {
         switch field.wireType {
         case .varint:
+            guard values.count < limit else { throw fail("\(what) has more than \(limit) values") }
             values.append(Int64(bitPattern: try varint()))
         case .lengthDelimited:
             let range = try lengthDelimitedRange()
-            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, context: context + "." + what)
+            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, budget: budget, context: context + "." + what)
             // Each varint is at least one byte, so the run's length bounds the count.
             values.reserveCapacity(values.count + min(range.count, 1 << 24))
-            while !packed.isAtEnd { values.append(Int64(bitPattern: try packed.varint())) }
+            while !packed.isAtEnd {
+                guard values.count < limit else { throw fail("\(what) has more than \(limit) values") }
+                values.append(Int64(bitPattern: try packed.varint()))
+            }
         default:
             throw fail("field \(field.number) (\(what)) has wire type \(field.wireType.rawValue), expected a varint or a packed run")
         }
@@ -180,7 +198,7 @@ public struct ProtobufReader {
             let range = try lengthDelimitedRange()
             guard range.count % 4 == 0 else { throw fail("packed \(what) has \(range.count) bytes, not a multiple of 4") }
             values.reserveCapacity(values.count + range.count / 4)
-            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, context: context + "." + what)
+            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, budget: budget, context: context + "." + what)
             while !packed.isAtEnd { values.append(Float(bitPattern: try packed.fixed32())) }
         default:
             throw fail("field \(field.number) (\(what)) has wire type \(field.wireType.rawValue), expected 32-bit values")
@@ -196,7 +214,7 @@ public struct ProtobufReader {
             let range = try lengthDelimitedRange()
             guard range.count % 8 == 0 else { throw fail("packed \(what) has \(range.count) bytes, not a multiple of 8") }
             values.reserveCapacity(values.count + range.count / 8)
-            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, context: context + "." + what)
+            var packed = ProtobufReader(buffer: buffer, range: range, depth: depth, budget: budget, context: context + "." + what)
             while !packed.isAtEnd { values.append(Double(bitPattern: try packed.fixed64())) }
         default:
             throw fail("field \(field.number) (\(what)) has wire type \(field.wireType.rawValue), expected 64-bit values")

@@ -36,8 +36,8 @@ public enum ConvAutotuner {
         let base = DeviceTuning.defaults(for: device)
         var out: [DeviceTuning] = []
         let widths = device.isCPU ? [base.convXV] : [4, 8]
-        let blocks = device.isCPU ? [(4, 1), (4, 2), (8, 1), (8, 2), (6, 1), (12, 1)] : [(4, 1), (8, 1), (4, 2)]
-        let locals = device.isCPU ? [[1, 1, 1]] : [[8, 8, 1], [16, 4, 1], [32, 2, 1]]
+        let blocks = device.isCPU ? [(4, 1), (4, 2), (4, 3), (6, 2), (8, 1), (8, 2)] : [(4, 1), (8, 1), (4, 2)]
+        let locals = device.isCPU ? [[1, 1, 1], [4, 1, 1], [1, 4, 1]] : [[8, 8, 1], [16, 4, 1], [32, 2, 1]]
         for xv in widths {
             for (kb, xn) in blocks {
                 for local in locals {
