@@ -9,6 +9,7 @@
 //   XV  vector width along x (4, 8 or 16)
 //   XN  vectors along x per work-item (so XW = XV * XN outputs per row)
 //   KX  kernel width and SX stride along x of conv3d_blocked (so its inner loop fully unrolls)
+//   TX  x blocks per work-item of conv3d_blocked, CC input channels per cache chunk
 #include "common.h"
 
 #define XW (XV * XN)
@@ -54,11 +55,11 @@ inline floatv activate_v(floatv x, int code, float alpha) {
 #define LOAD_TAP(p) (vload8(0, (p)).even)
 #endif
 
-// Accumulates one (kz, ky) row pair over all input channels: the innermost loop has a fixed
-// trip count and no branches. MASKED zeroes the lanes that fall outside the row (x < 0 or
+// Accumulates one (kz, ky) row pair over `count` input channels: the innermost loop has a
+// fixed trip count and no branches. MASKED zeroes the lanes that fall outside the row (x < 0 or
 // x >= W); their loads still read inside the activation arena, whose guard band covers them.
-#define ACCUMULATE_ROWS(MASKED)                                                        \
-    for (int c = 0; c < C; ++c, src += cstride, wt += wstride) {                       \
+#define ACCUMULATE_ROWS(MASKED, count)                                                 \
+    for (int c = 0; c < (count); ++c, src += cstride, wt += wstride) {                 \
         _Pragma("unroll")                                                              \
         for (int kx = 0; kx < KX; ++kx) {                                              \
             floatv v[XN];                                                              \
@@ -77,8 +78,13 @@ inline floatv activate_v(floatv x, int code, float alpha) {
     }
 
 // Group 1, dilation 1, stride SX along x (compile-time 1 or 2) and any stride along z and y,
-// any padding, kernel width KX (compile-time). Work-item (xb, y, z + D_out * kb) computes
-// XW consecutive outputs along x for KB output channels.
+// any padding, kernel width KX (compile-time). Work-item (tile, y, z + D_out * kb) computes TX
+// blocks of XW consecutive outputs along x for KB output channels.
+//
+// Cache blocking: the input channels are taken CC at a time, and each chunk is applied to all
+// TX blocks before the next chunk, so the chunk's weights (CC * taps * KB floats) are read from
+// the L1 cache TX times instead of once per block from further away. The blocks' partial sums
+// wait in private memory between chunks. TX = 1 with CC >= C is the plain register-blocked loop.
 __kernel void conv3d_blocked(
     __global const float* restrict in, __global const float* restrict w, __global const float* restrict bias,
     __global float* restrict out,
@@ -87,71 +93,97 @@ __kernel void conv3d_blocked(
     int KD, int KH, int sD, int sH, int padD, int padH, int padW,
     int act, float alpha)
 {
-    const int xb = get_global_id(0);
+    const int tile = get_global_id(0);
     const int oy = get_global_id(1);
     const int zk = get_global_id(2);
     const int oz = zk % OD;
     const int kb = zk / OD;
-    const int x0 = xb * XW;
-    if (oy >= OH || kb * KB >= K) return;
-
-    floatv acc[KB][XN];
-    #pragma unroll
-    for (int k = 0; k < KB; ++k) {
-        #pragma unroll
-        for (int j = 0; j < XN; ++j) acc[k][j] = (floatv)(0.0f);
-    }
+    if (oy >= OH || kb * KB >= K || tile * TX * XW >= OW) return;
 
     const int kvol = KD * KH * KX;
-    const int xs = x0 * SX - padW;                      // first input x this block reads
-    const int span = (XW - 1) * SX + KX;                // input values it reads per row
-    const bool inside = xs >= 0 && xs + span <= W;
-    intv valid[KX][XN];
-    #pragma unroll
-    for (int kx = 0; kx < KX; ++kx) {
-        #pragma unroll
-        for (int j = 0; j < XN; ++j) {
-            const intv x = (intv)(xs + kx + j * XV * SX) + LANES * SX;
-            valid[kx][j] = x >= (intv)(0) && x < (intv)(W);
-        }
-    }
     const size_t cstride = (size_t)D * H * W;
     const size_t wstride = (size_t)kvol * KB;
+    const int span = (XW - 1) * SX + KX;                // input values a block reads per row
 
-    for (int kz = 0; kz < KD; ++kz) {
-        const int iz = oz * sD + kz - padD;
-        if (iz < 0 || iz >= D) continue;
-        for (int ky = 0; ky < KH; ++ky) {
-            const int iy = oy * sH + ky - padH;
-            if (iy < 0 || iy >= H) continue;
-            __global const float* src = in + ((size_t)iz * H + iy) * W + xs;
-            __global const float* wt = w + (size_t)kb * C * wstride + (size_t)(kz * KH + ky) * KX * KB;
-            if (inside) {
-                ACCUMULATE_ROWS(0)
-            } else {
-                ACCUMULATE_ROWS(1)
+#if TX > 1
+    floatv partial[TX][KB][XN];
+#endif
+    floatv acc[KB][XN];
+
+    for (int c0 = 0; c0 < C; c0 += CC) {
+        const int count = min(CC, C - c0);
+        for (int t = 0; t < TX; ++t) {
+            const int x0 = (tile * TX + t) * XW;
+            if (x0 >= OW) break;
+            #pragma unroll
+            for (int k = 0; k < KB; ++k) {
+                #pragma unroll
+                for (int j = 0; j < XN; ++j) {
+#if TX > 1
+                    acc[k][j] = c0 == 0 ? (floatv)(0.0f) : partial[t][k][j];
+#else
+                    acc[k][j] = c0 == 0 ? (floatv)(0.0f) : acc[k][j];
+#endif
+                }
             }
-        }
-    }
+            const int xs = x0 * SX - padW;              // first input x this block reads
+            const bool inside = xs >= 0 && xs + span <= W;
+            intv valid[KX][XN];
+            #pragma unroll
+            for (int kx = 0; kx < KX; ++kx) {
+                #pragma unroll
+                for (int j = 0; j < XN; ++j) {
+                    const intv x = (intv)(xs + kx + j * XV * SX) + LANES * SX;
+                    valid[kx][j] = x >= (intv)(0) && x < (intv)(W);
+                }
+            }
+            for (int kz = 0; kz < KD; ++kz) {
+                const int iz = oz * sD + kz - padD;
+                if (iz < 0 || iz >= D) continue;
+                for (int ky = 0; ky < KH; ++ky) {
+                    const int iy = oy * sH + ky - padH;
+                    if (iy < 0 || iy >= H) continue;
+                    __global const float* src = in + (size_t)c0 * cstride + ((size_t)iz * H + iy) * W + xs;
+                    __global const float* wt = w + ((size_t)kb * C + c0) * wstride + (size_t)(kz * KH + ky) * KX * KB;
+                    if (inside) {
+                        ACCUMULATE_ROWS(0, count)
+                    } else {
+                        ACCUMULATE_ROWS(1, count)
+                    }
+                }
+            }
+            if (c0 + CC < C) {
+#if TX > 1
+                #pragma unroll
+                for (int k = 0; k < KB; ++k) {
+                    #pragma unroll
+                    for (int j = 0; j < XN; ++j) partial[t][k][j] = acc[k][j];
+                }
+#endif
+                continue;
+            }
 
-    const bool full = x0 + XW <= OW;
-    #pragma unroll
-    for (int k = 0; k < KB; ++k) {
-        const int ok = kb * KB + k;
-        if (ok >= K) break;
-        const float b = bias[ok];
-        __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
-        #pragma unroll
-        for (int j = 0; j < XN; ++j) {
-            floatv r = activate_v(acc[k][j] + (floatv)(b), act, alpha);
-            if (full) {
-                vstorev(r, 0, o + x0 + j * XV);
-            } else {
-                float tmp[XV];
-                vstorev(r, 0, tmp);
-                for (int i = 0; i < XV; ++i) {
-                    const int ox = x0 + j * XV + i;
-                    if (ox < OW) o[ox] = tmp[i];
+            // Last chunk: bias, activation, store.
+            const bool full = x0 + XW <= OW;
+            #pragma unroll
+            for (int k = 0; k < KB; ++k) {
+                const int ok = kb * KB + k;
+                if (ok >= K) break;
+                const float b = bias[ok];
+                __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
+                #pragma unroll
+                for (int j = 0; j < XN; ++j) {
+                    floatv r = activate_v(acc[k][j] + (floatv)(b), act, alpha);
+                    if (full) {
+                        vstorev(r, 0, o + x0 + j * XV);
+                    } else {
+                        float tmp[XV];
+                        vstorev(r, 0, tmp);
+                        for (int i = 0; i < XV; ++i) {
+                            const int ox = x0 + j * XV + i;
+                            if (ox < OW) o[ox] = tmp[i];
+                        }
+                    }
                 }
             }
         }

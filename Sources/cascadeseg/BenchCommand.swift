@@ -5,7 +5,7 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "repeat", "base", "size", "save", "input"], flags: ["quick", "profile"])
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input"], flags: ["quick", "profile"])
         switch args.positionals {
         case ["kernels"]: try kernels(args)
         case ["unet"]: try unet(args)
@@ -82,6 +82,8 @@ enum BenchCommand {
         tuning.convKB = try args.int("kb", default: tuning.convKB)
         tuning.convXV = try args.int("xv", default: tuning.convXV)
         tuning.convXN = try args.int("xn", default: tuning.convXN)
+        tuning.convTileBlocks = try args.int("tx", default: tuning.convTileBlocks)
+        tuning.convChannelChunk = try args.int("cc", default: tuning.convChannelChunk)
         let repeats = try args.int("repeat", default: 3)
         let peak = try DevicePeak.measureGFLOPS(context: context, vectorWidth: tuning.convXV)
         print("device: \(device.name) (\(device.type), \(device.computeUnits) compute units)")

@@ -14,9 +14,11 @@ final class ConvTuningTests: XCTestCase {
             (6, 5, [2, 2, 2], [3, 2, 19], ["strides": .ints([2, 2, 2])], true),
         ]
         var tunings: [DeviceTuning] = []
-        for (xv, kb, xn) in [(4, 4, 1), (8, 8, 1), (8, 4, 2), (8, 6, 1), (16, 8, 2), (16, 3, 1)] {
+        // (vector width, channels per item, vectors per item, x blocks per item, channel chunk)
+        for (xv, kb, xn, tx, cc) in [(4, 4, 1, 1, 1 << 20), (8, 8, 1, 4, 2), (8, 4, 2, 3, 1 << 20), (8, 6, 1, 1, 3),
+                                     (16, 8, 2, 2, 4), (16, 3, 1, 8, 1)] {
             var t = DeviceTuning.defaults(for: context.device)
-            t.convXV = xv; t.convKB = kb; t.convXN = xn
+            t.convXV = xv; t.convKB = kb; t.convXN = xn; t.convTileBlocks = tx; t.convChannelChunk = cc
             tunings.append(t)
         }
         for cc in cases {

@@ -21,7 +21,7 @@ public enum ConvAutotuner {
     static func cacheFile(for device: ComputeDevice) -> URL {
         let key = "\(device.platformName)-\(device.name)-\(device.openCLCVersion)-cu\(device.computeUnits)"
             .map { $0.isLetter || $0.isNumber ? $0 : "_" }
-        return cacheDirectory.appendingPathComponent("tuning-v1-\(String(key)).json")
+        return cacheDirectory.appendingPathComponent("tuning-v2-\(String(key)).json")
     }
 
     /// The cached tuning of `device`, if a valid one exists.

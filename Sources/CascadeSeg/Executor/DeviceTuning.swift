@@ -9,6 +9,9 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
     public var convXN: Int
     /// Local size of the convolution kernels.
     public var convLocal: [Int]
+    /// conv3d_blocked cache blocking: x blocks per work-item, input channels per chunk.
+    public var convTileBlocks: Int
+    public var convChannelChunk: Int
     /// Elementwise kernels: local size (also compiled in as GROUP) and values per work-item.
     public var elementwiseGroup: Int
     public var elementwisePerItem: Int
@@ -19,7 +22,7 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
     public var voxelLocal: [Int]
 
     public var description: String {
-        "conv KB=\(convKB) XV=\(convXV) XN=\(convXN) local=\(convLocal); elementwise \(elementwiseGroup)x\(elementwisePerItem); norm P=\(normPartitions)\(normChunked ? " chunked" : "")"
+        "conv KB=\(convKB) XV=\(convXV) XN=\(convXN) TX=\(convTileBlocks) CC=\(convChannelChunk) local=\(convLocal); elementwise \(elementwiseGroup)x\(elementwisePerItem); norm P=\(normPartitions)\(normChunked ? " chunked" : "")"
     }
 
     /// The tuning a network uses when none is given: the cached autotuning result of this
@@ -31,6 +34,7 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
     /// Sizes every kernel accepts (guards a hand-edited or stale cache file).
     var isValid: Bool {
         [4, 8, 16].contains(convXV) && (1...16).contains(convKB) && (1...4).contains(convXN)
+            && (1...64).contains(convTileBlocks) && convChannelChunk >= 1
             && convLocal.count == 3 && convLocal.allSatisfy { $0 >= 1 && $0 <= 1024 } && convLocal.reduce(1, *) <= 1024
             && elementwiseGroup >= 1 && elementwisePerItem >= 1 && normPartitions >= 1 && voxelLocal.count == 3
             && voxelLocal.allSatisfy { $0 >= 1 } && voxelLocal.reduce(1, *) <= 1024
@@ -45,6 +49,7 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
     public static func cpu(vectorWidth: Int, computeUnits: Int) -> DeviceTuning {
         let wide = vectorWidth >= 16
         return DeviceTuning(convKB: 8, convXV: wide ? 16 : 8, convXN: wide ? 2 : 1, convLocal: [1, 1, 1],
+                            convTileBlocks: 1, convChannelChunk: 1 << 20,
                             elementwiseGroup: 1, elementwisePerItem: 4096,
                             normPartitions: 4 * max(computeUnits, 1), normChunked: true,
                             voxelLocal: [16, 1, 1])
@@ -52,6 +57,7 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
 
     /// GPUs: many light work-items, coalesced along x.
     public static let gpu = DeviceTuning(convKB: 4, convXV: 4, convXN: 1, convLocal: [8, 8, 1],
+                                         convTileBlocks: 1, convChannelChunk: 1 << 20,
                                          elementwiseGroup: 256, elementwisePerItem: 4,
                                          normPartitions: 256, normChunked: false, voxelLocal: [32, 4, 1])
 }

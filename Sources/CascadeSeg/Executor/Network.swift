@@ -50,7 +50,8 @@ public final class Network {
 
     func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int) throws -> CompiledProgram {
         try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(tuning.convXN)",
-                                                   "KX": "\(kernelWidth)", "SX": "\(strideX)"])
+                                                   "KX": "\(kernelWidth)", "SX": "\(strideX)",
+                                                   "TX": "\(tuning.convTileBlocks)", "CC": "\(tuning.convChannelChunk)"])
     }
 
     private func lower(_ node: Node, weights: [String: Tensor]) throws -> LoweredOp {

@@ -106,7 +106,8 @@ extension Network {
             let xw = tuning.convXV * tuning.convXN
             switch c.kernel {
             case .blocked:
-                try context.launch(c.program, "conv3d_blocked", global: [(outShape[4] + xw - 1) / xw, outShape[3], outShape[2] * blocks],
+                let tiles = ((outShape[4] + xw - 1) / xw + tuning.convTileBlocks - 1) / tuning.convTileBlocks
+                try context.launch(c.program, "conv3d_blocked", global: [tiles, outShape[3], outShape[2] * blocks],
                                    local: tuning.convLocal,
                                    common + [int(p.kernel[0]), int(p.kernel[1]), int(p.strides[0]), int(p.strides[1]),
                                              int(p.padsBegin[0]), int(p.padsBegin[1]), int(p.padsBegin[2]), int(act), .float(alpha)])
