@@ -13,6 +13,17 @@ enum BenchCommand {
         }
     }
 
+    /// The device's tuning with any `--kb --xv --xn --tx --cc` overrides (for experiments).
+    static func tuningOverrides(_ args: Arguments, device: ComputeDevice) throws -> DeviceTuning {
+        var tuning = DeviceTuning.preferred(for: device)
+        tuning.convKB = try args.int("kb", default: tuning.convKB)
+        tuning.convXV = try args.int("xv", default: tuning.convXV)
+        tuning.convXN = try args.int("xn", default: tuning.convXN)
+        tuning.convTileBlocks = try args.int("tx", default: tuning.convTileBlocks)
+        tuning.convChannelChunk = try args.int("cc", default: tuning.convChannelChunk)
+        return tuning
+    }
+
     /// Parses `128` or `160x192x160`.
     static func parseSize(_ text: String) throws -> [Int] {
         let parts = text.split(separator: "x").compactMap { Int($0) }
@@ -46,7 +57,7 @@ enum BenchCommand {
             x = Tensor(shape: [1, 1] + size, data: (0..<size.reduce(1, *)).map { _ in rng.nextSigned() })
             inputDescription = "random \(size.map(String.init).joined(separator: "x"))"
         }
-        let network = try Network(graph: graph, weights: weights, context: context)
+        let network = try Network(graph: graph, weights: weights, context: context, tuning: try tuningOverrides(args, device: device))
         print("device: \(device.name)")
         print("network: nnU-Net-like 3D U-Net, features \(config.features), \(network.parameterCount) parameters (random weights)")
         print("input: \(inputDescription)")
@@ -78,12 +89,7 @@ enum BenchCommand {
     static func kernels(_ args: Arguments) throws {
         let device = try ComputeDevice.select(args["device"])
         let context = try ComputeContext.shared(for: device)
-        var tuning = DeviceTuning.preferred(for: device)
-        tuning.convKB = try args.int("kb", default: tuning.convKB)
-        tuning.convXV = try args.int("xv", default: tuning.convXV)
-        tuning.convXN = try args.int("xn", default: tuning.convXN)
-        tuning.convTileBlocks = try args.int("tx", default: tuning.convTileBlocks)
-        tuning.convChannelChunk = try args.int("cc", default: tuning.convChannelChunk)
+        let tuning = try tuningOverrides(args, device: device)
         let repeats = try args.int("repeat", default: 3)
         let peak = try DevicePeak.measureGFLOPS(context: context, vectorWidth: tuning.convXV)
         print("device: \(device.name) (\(device.type), \(device.computeUnits) compute units)")
@@ -98,6 +104,7 @@ enum BenchCommand {
         ] + (quick ? [] : [
             .init(name: "conv 3x3x3 16->16", c: 16, k: 16, size: 128, kernel: 3, stride: 1),
             .init(name: "conv 3x3x3 32->32", c: 32, k: 32, size: 128, kernel: 3, stride: 1),
+            .init(name: "conv 3x3x3 64->32 (U-Net decoder)", c: 64, k: 32, size: 128, kernel: 3, stride: 1),
         ]) + [
             .init(name: "conv 1x1x1 head 32->4", c: 32, k: 4, size: 128, kernel: 1, stride: 1),
             .init(name: "conv 3x3x3 stride 2 32->64", c: 32, k: 64, size: 128, kernel: 3, stride: 2),
