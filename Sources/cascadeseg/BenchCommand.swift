@@ -5,7 +5,7 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input"], flags: ["quick", "profile"])
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only"], flags: ["quick", "profile"])
         switch args.positionals {
         case ["kernels"]: try kernels(args)
         case ["unet"]: try unet(args)
@@ -110,7 +110,7 @@ enum BenchCommand {
             .init(name: "conv 3x3x3 stride 2 32->64", c: 32, k: 64, size: 128, kernel: 3, stride: 2),
             .init(name: "conv transpose 2x2x2 s2 64->32", c: 64, k: 32, size: 64, kernel: 2, stride: 2, transposed: true),
         ]
-        for bench in cases {
+        for bench in cases where args["only"].map({ bench.name.contains($0) }) ?? true {
             let (seconds, flops) = try bench.measure(context: context, tuning: tuning, repeats: repeats)
             let gflops = flops / seconds / 1e9
             print(String(format: "| %@ | %d^3 | %.1f | %.1f | %.0f%% |", bench.name, bench.size, seconds * 1000, gflops, 100 * gflops / peak))
