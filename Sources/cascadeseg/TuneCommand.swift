@@ -8,7 +8,7 @@ enum TuneCommand {
         let device = try ComputeDevice.select(args["device"])
         let context = try ComputeContext.shared(for: device)
         let defaults = DeviceTuning.defaults(for: device)
-        print("tuning the convolution kernels on \(device.name) (32 -> 32 channels, 3x3x3, 48^3):")
+        print("tuning the convolution kernels on \(device.name) (64 -> 32 channels, 3x3x3, 64^3):")
         let trials = try ConvAutotuner.tune(context: context, log: { print($0) })
         let best = trials[0]
         let baseline = trials.first { $0.tuning == defaults }?.seconds

@@ -36,28 +36,33 @@ public enum ConvAutotuner {
         let base = DeviceTuning.defaults(for: device)
         var out: [DeviceTuning] = []
         let widths = device.isCPU ? [base.convXV] : [4, 8]
-        let blocks = device.isCPU ? [(4, 1), (4, 2), (4, 3), (6, 2), (8, 1), (8, 2)] : [(4, 1), (8, 1), (4, 2)]
-        let locals = device.isCPU ? [[1, 1, 1], [4, 1, 1], [1, 4, 1]] : [[8, 8, 1], [16, 4, 1], [32, 2, 1]]
+        let blocks = device.isCPU ? [(4, 2), (8, 1), (6, 2)] : [(4, 1), (8, 1), (4, 2)]
+        let tiles = device.isCPU ? [(8, 8), (1, 1 << 20), (4, 16), (16, 4)] : [(1, 1 << 20)]
+        let locals = device.isCPU ? [[1, 1, 1]] : [[8, 8, 1], [16, 4, 1], [32, 2, 1]]
         for xv in widths {
             for (kb, xn) in blocks {
-                for local in locals {
-                    var t = base
-                    t.convXV = xv; t.convKB = kb; t.convXN = xn; t.convLocal = local
-                    out.append(t)
+                for (tx, cc) in tiles {
+                    for local in locals {
+                        var t = base
+                        t.convXV = xv; t.convKB = kb; t.convXN = xn; t.convLocal = local
+                        t.convTileBlocks = tx; t.convChannelChunk = cc
+                        out.append(t)
+                    }
                 }
             }
         }
+        if !out.contains(base) { out.insert(base, at: 0) }
         return out
     }
 
     /// Times every candidate (best of `repeats` after a warm-up) and caches the fastest.
     /// Returns the trials, fastest first; the defaults are always among them.
-    public static func tune(context: ComputeContext, size: Int = 48, channels: Int = 32, repeats: Int = 3,
+    public static func tune(context: ComputeContext, size: Int = 64, channels: Int = 64, repeats: Int = 2,
                             log: (String) -> Void = { _ in }) throws -> [Trial] {
         var rng = SplitMixRandom(seed: 7)
         let weights: [String: Tensor] = [
-            "w": Tensor(shape: [channels, channels, 3, 3, 3], data: (0..<(channels * channels * 27)).map { _ in rng.nextSigned() * 0.1 }),
-            "b": Tensor(shape: [channels], data: (0..<channels).map { _ in rng.nextSigned() }),
+            "w": Tensor(shape: [channels / 2, channels, 3, 3, 3], data: (0..<(channels / 2 * channels * 27)).map { _ in rng.nextSigned() * 0.1 }),
+            "b": Tensor(shape: [channels / 2], data: (0..<channels / 2).map { _ in rng.nextSigned() }),
         ]
         let graph = Graph(name: "tune", inputs: [ValueInfo(name: "x", shape: [.fixed(1), .fixed(channels), .symbol("D"), .symbol("H"), .symbol("W")])],
                           outputs: [ValueInfo(name: "y", shape: [])],
@@ -71,8 +76,7 @@ public enum ConvAutotuner {
                 var best = Double.infinity
                 for _ in 0..<(repeats + 1) { best = min(best, try network.run(x, profile: true).profile[0].seconds) }
                 trials.append(Trial(tuning: candidate, seconds: best))
-                log(String(format: "  KB=%d XV=%d XN=%d local=%@: %.2f ms", candidate.convKB, candidate.convXV, candidate.convXN,
-                           "\(candidate.convLocal)", best * 1000))
+                log(String(format: "  %@: %.2f ms", "\(candidate)", best * 1000))
             } catch {
                 log("  KB=\(candidate.convKB) XV=\(candidate.convXV) XN=\(candidate.convXN) local=\(candidate.convLocal): failed (\(error))")
             }
