@@ -18,6 +18,8 @@ commands:
   tune [--device D]               find the fastest convolution block sizes and cache them
   convert --onnx NET.onnx -o NET.cseg [--weights float16] [--name N] [--labels 0=background,1=...]
                                   convert an ONNX network (exported from PyTorch) to a model file
+  evaluate --pred P.nii.gz --ref R.nii.gz [--labels 1,2,...] [--json OUT.json]
+                                  Dice, IoU, HD95 (mm) and volumes per label against a reference
 
 --device picks a device by index, `cpu`, `gpu` or a name substring (see `cascadeseg devices`).
 """
@@ -40,6 +42,7 @@ do {
     case "bench": try BenchCommand.run(rest)
     case "tune": try TuneCommand.run(rest)
     case "convert": try ConvertCommand.run(rest)
+    case "evaluate": try EvaluateCommand.run(rest)
     default: throw CascadeSegError.usage("unknown command '\(command)'\n\n\(usage)")
     }
 } catch let error as CascadeSegError {
