@@ -15,7 +15,7 @@ final class ConvTuningTests: XCTestCase {
         ]
         var tunings: [DeviceTuning] = []
         // (vector width, channels per item, vectors per item, x blocks per item, channel chunk)
-        for (xv, kb, xn, tx, cc) in [(4, 4, 1, 1, 1 << 20), (8, 8, 1, 4, 2), (8, 4, 2, 3, 1 << 20), (8, 6, 1, 1, 3),
+        for (xv, kb, xn, tx, cc) in [(4, 4, 1, 1, 1 << 20), (8, 8, 1, 4, 2), (8, 4, 2, 3, 1 << 20), (8, 6, 1, 1, 3), (8, 6, 2, 8, 8),
                                      (16, 8, 2, 2, 4), (16, 3, 1, 8, 1)] {
             var t = DeviceTuning.defaults(for: context.device)
             t.convXV = xv; t.convKB = kb; t.convXN = xn; t.convTileBlocks = tx; t.convChannelChunk = cc

@@ -44,14 +44,14 @@ public struct DeviceTuning: Codable, Equatable, Sendable, CustomStringConvertibl
         device.isCPU ? cpu(vectorWidth: device.preferredFloatVectorWidth, computeUnits: device.computeUnits) : gpu
     }
 
-    /// CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; about 8 (AVX2)
-    /// to 16 (AVX-512) vector accumulators so nothing spills.
+    /// CPUs: one work-item per group, explicit vectors as wide as the SIMD unit; 12 (AVX2, 16
+    /// registers) to 16 (AVX-512, 32 registers) vector accumulators so nothing spills.
     public static func cpu(vectorWidth: Int, computeUnits: Int) -> DeviceTuning {
         let wide = vectorWidth >= 16
         // Eight x blocks per work-item and eight input channels per chunk keep a chunk's weights
         // and input rows in L1/L2 on large feature maps (measured 2-5x faster than no blocking on
         // a 64->32 channel 3x3x3 conv at 128^3 here; see BENCHMARKS.md).
-        return DeviceTuning(convKB: 8, convXV: wide ? 16 : 8, convXN: wide ? 2 : 1, convLocal: [1, 1, 1],
+        return DeviceTuning(convKB: wide ? 8 : 6, convXV: wide ? 16 : 8, convXN: 2, convLocal: [1, 1, 1],
                             convTileBlocks: 8, convChannelChunk: 8,
                             elementwiseGroup: 1, elementwisePerItem: 4096,
                             normPartitions: 4 * max(computeUnits, 1), normChunked: true,

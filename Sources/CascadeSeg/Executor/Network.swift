@@ -71,6 +71,9 @@ public final class Network {
                 kind = params.kernel == [2, 2, 2] && params.strides == [2, 2, 2] && params.dilations == [1, 1, 1]
                     && params.padsBegin == [0, 0, 0] && params.padsEnd == [0, 0, 0] && params.outputPadding == [0, 0, 0]
                     ? .transposeK2S2 : .transposeGeneral
+                // The k2s2 kernel keeps two accumulator sets (one per x tap): half the channels
+                // per work-item keeps it within the blocked conv's register budget.
+                if kind == .transposeK2S2 { kb = max(1, tuning.convKB / 2) }
             } else if params.group == 1 && params.dilations == [1, 1, 1] && params.kernel[2] <= 7 && params.strides[2] <= 2 {
                 kind = .blocked
             } else {
