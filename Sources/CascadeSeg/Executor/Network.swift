@@ -48,8 +48,8 @@ public final class Network {
         return t
     }
 
-    func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int) throws -> CompiledProgram {
-        try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(tuning.convXN)",
+    func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int, vectors: Int? = nil) throws -> CompiledProgram {
+        try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(vectors ?? tuning.convXN)",
                                                    "KX": "\(kernelWidth)", "SX": "\(strideX)",
                                                    "TX": "\(tuning.convTileBlocks)", "CC": "\(tuning.convChannelChunk)"])
     }
@@ -71,9 +71,9 @@ public final class Network {
                 kind = params.kernel == [2, 2, 2] && params.strides == [2, 2, 2] && params.dilations == [1, 1, 1]
                     && params.padsBegin == [0, 0, 0] && params.padsEnd == [0, 0, 0] && params.outputPadding == [0, 0, 0]
                     ? .transposeK2S2 : .transposeGeneral
-                // The k2s2 kernel keeps two accumulator sets (one per x tap): half the channels
-                // per work-item keeps it within the blocked conv's register budget.
-                if kind == .transposeK2S2 { kb = max(1, tuning.convKB / 2) }
+                // The k2s2 kernel keeps two accumulator sets (one per x tap) of one vector each:
+                // KB * XN / 2 channels per work-item stays within the blocked conv's register budget.
+                if kind == .transposeK2S2 { kb = max(1, tuning.convKB * tuning.convXN / 2) }
             } else if params.group == 1 && params.dilations == [1, 1, 1] && params.kernel[2] <= 7 && params.strides[2] <= 2 {
                 kind = .blocked
             } else {
@@ -83,7 +83,7 @@ public final class Network {
             let layout = params.transposed ? WeightLayout.blockedConvTranspose(w, blockSize: kb) : WeightLayout.blockedConv(w, blockSize: kb)
             let program = kind == .blocked
                 ? try convProgram(blockSize: kb, kernelWidth: params.kernel[2], strideX: params.strides[2])
-                : try convProgram(blockSize: kb, kernelWidth: 3, strideX: 1)
+                : try convProgram(blockSize: kb, kernelWidth: 3, strideX: 1, vectors: kind == .transposeK2S2 ? 1 : nil)
             return .conv(.init(params: params, kernel: kind, blockSize: kb, program: program,
                                weights: try upload(layout, "weights of \(node.name)"),
                                bias: try upload(WeightLayout.paddedBias(b, channels: params.outChannels, blockSize: kb), "bias of \(node.name)")))

@@ -103,7 +103,8 @@ extension Network {
                                             int(xShape[1]), int(xShape[2]), int(xShape[3]), int(xShape[4]),
                                             int(outShape[1]), int(outShape[2]), int(outShape[3]), int(outShape[4])]
             let blocks = (p.outChannels + c.blockSize - 1) / c.blockSize
-            let xw = tuning.convXV * tuning.convXN
+            // Outputs along x per work-item block (the k2s2 program is built with one vector).
+            let xw = tuning.convXV * (c.kernel == .transposeK2S2 ? 1 : tuning.convXN)
             switch c.kernel {
             case .blocked:
                 let tiles = ((outShape[4] + xw - 1) / xw + tuning.convTileBlocks - 1) / tuning.convTileBlocks
