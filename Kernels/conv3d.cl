@@ -190,6 +190,22 @@ __kernel void conv3d_blocked(
     }
 }
 
+// Bias, activation and store of a work-item's KB x XW scalar accumulators (general kernels).
+inline void store_scalar_block(float acc[KB][XW], __global const float* restrict bias, __global float* restrict out,
+                               int kb, int K, int OD, int OH, int OW, int oz, int oy, int x0, int act, float alpha)
+{
+    for (int k = 0; k < KB; ++k) {
+        const int ok = kb * KB + k;
+        if (ok >= K) break;
+        const float b = bias[ok];
+        __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
+        for (int i = 0; i < XW; ++i) {
+            const int ox = x0 + i;
+            if (ox < OW) o[ox] = activate(acc[k][i] + b, act, alpha);
+        }
+    }
+}
+
 // Any stride, dilation, padding and group (KB must divide the output channels per group,
 // which the host guarantees by padding when group == 1 and by KB = 1 otherwise). Work-item
 // (xb, y, z + D_out * kb) computes XW outputs along x for KB channels, gathering inputs with
@@ -248,16 +264,7 @@ __kernel void conv3d_general(
             }
         }
     }
-    for (int k = 0; k < KB; ++k) {
-        const int ok = kb * KB + k;
-        if (ok >= K) break;
-        const float b = bias[ok];
-        __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
-        for (int i = 0; i < XW; ++i) {
-            const int ox = x0 + i;
-            if (ox < OW) o[ox] = activate(acc[k][i] + b, act, alpha);
-        }
-    }
+    store_scalar_block(acc, bias, out, kb, K, OD, OH, OW, oz, oy, x0, act, alpha);
 }
 
 // Transposed convolution, any kernel, stride, padding, dilation and output padding, group 1.
@@ -312,16 +319,7 @@ __kernel void conv_transpose3d_general(
             }
         }
     }
-    for (int k = 0; k < KB; ++k) {
-        const int ok = kb * KB + k;
-        if (ok >= K) break;
-        const float b = bias[ok];
-        __global float* o = out + (((size_t)ok * OD + oz) * OH + oy) * OW;
-        for (int i = 0; i < XW; ++i) {
-            const int ox = x0 + i;
-            if (ox < OW) o[ox] = activate(acc[k][i] + b, act, alpha);
-        }
-    }
+    store_scalar_block(acc, bias, out, kb, K, OD, OH, OW, oz, oy, x0, act, alpha);
 }
 
 // Transposed convolution with kernel 2, stride 2, no padding (the U-Net upsampling case).

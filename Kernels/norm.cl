@@ -15,7 +15,9 @@
 // Kahan step on vectors: sum += v with compensation comp.
 #define KAHAN_ADD(sum, comp, v) { const float8 y_ = (v) - comp; const float8 t_ = sum + y_; comp = (t_ - sum) - y_; sum = t_; }
 
-// Work-item (p, g): partial sum number p of group g. pass 0 sums x; pass 1 sums (x - mean)^2.
+#if !CHUNKED
+// Work-item (p, g): partial sum number p of group g, reading every P-th value (coalesced on
+// GPUs). pass 0 sums x; pass 1 sums (x - mean)^2.
 __kernel void norm_partial_sums(__global const float* restrict x, __global const float* restrict stats,
                                 __global float* restrict partial, long len, int P, int pass)
 {
@@ -24,41 +26,6 @@ __kernel void norm_partial_sums(__global const float* restrict x, __global const
     if (p >= P) return;
     __global const float* xg = x + (size_t)g * len;
     const float mean = pass == 1 ? stats[2 * g] : 0.0f;
-#if CHUNKED
-    // Two independent compensated vector accumulators, so the additions pipeline instead of
-    // waiting on one long dependency chain.
-    const long chunk = (len + P - 1) / P;
-    const long begin = min((long)p * chunk, len);
-    const long end = min(begin + chunk, len);
-    float8 s0 = (float8)(0.0f), s1 = (float8)(0.0f), c0 = (float8)(0.0f), c1 = (float8)(0.0f);
-    const float8 m8 = (float8)(mean);
-    long i = begin;
-    for (; i + 16 <= end; i += 16) {
-        float8 a = vload8(0, xg + i) - m8, b = vload8(0, xg + i + 8) - m8;
-        if (pass == 1) { a = a * a; b = b * b; }
-        KAHAN_ADD(s0, c0, a)
-        KAHAN_ADD(s1, c1, b)
-    }
-    float tail = 0.0f;
-    for (; i < end; ++i) {
-        const float v = xg[i] - mean;
-        tail += pass == 1 ? v * v : v;
-    }
-    // Combine the 16 lanes and the tail, still compensated.
-    float lanes[16];
-    vstore8(s0, 0, lanes);
-    vstore8(s1, 0, lanes + 8);
-    float comps[16];
-    vstore8(c0, 0, comps);
-    vstore8(c1, 0, comps + 8);
-    float sum = tail, comp = 0.0f;
-    for (int l = 0; l < 16; ++l) {
-        const float y = (lanes[l] - comps[l]) - comp;
-        const float t = sum + y;
-        comp = (t - sum) - y;
-        sum = t;
-    }
-#else
     float sum = 0.0f, comp = 0.0f;
     for (long i = p; i < len; i += P) {
         float v = xg[i] - mean;
@@ -68,9 +35,9 @@ __kernel void norm_partial_sums(__global const float* restrict x, __global const
         comp = (t - sum) - y;
         sum = t;
     }
-#endif
     partial[(size_t)g * P + p] = sum;
 }
+#endif
 
 #if CHUNKED
 // Work-item (p, g): mean and sum of squared deviations of chunk p of group g, stored at
