@@ -11,6 +11,8 @@ commands:
   run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
                                   or a NIfTI volume (z-scored, zero-padded to the network's multiple)
+  segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--device D] [--quiet]
+                                  one network over the whole image; writes labels with the input's geometry
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak
   bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--profile]
@@ -39,6 +41,7 @@ do {
     case "devices": try DevicesCommand.run(rest)
     case "info": try InfoCommand.run(rest)
     case "run": try RunCommand.run(rest)
+    case "segment": try SegmentCommand.run(rest)
     case "bench": try BenchCommand.run(rest)
     case "tune": try TuneCommand.run(rest)
     case "convert": try ConvertCommand.run(rest)

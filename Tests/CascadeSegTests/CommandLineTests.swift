@@ -116,4 +116,30 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(missingDevice.status, 1)
         XCTAssertTrue(missingDevice.stderr.contains("no device name contains"), missingDevice.stderr)
     }
+
+    func testSegmentWritesLabelsWithTheImageGeometry() throws {
+        let dir = try temporaryDirectory()
+        let model = fixtures.appendingPathComponent("unet_in.cseg").path
+        let affine: [[Double]] = [[0.9, 0.1, 0, -10], [-0.1, 0.9, 0, 5], [0, 0, 1.3, 2], [0, 0, 0, 1]]
+        var rng = SeededRandom(seed: 8)
+        let image = try NiftiImage(voxels: (0..<(13 * 11 * 9)).map { _ in rng.uniform(-1...1) },
+                                   geometry: try NiftiGeometry(nx: 13, ny: 11, nz: 9, affine: affine))
+        let input = dir.appendingPathComponent("image.nii.gz").path
+        try image.write(to: input)
+        let output = dir.appendingPathComponent("labels.nii.gz").path
+        let r = try cascadeseg(["segment", model, input, "-o", output, "--device", "cpu"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("peak device memory"), r.stdout)
+        let labels = try NiftiImage(contentsOf: output)
+        XCTAssertEqual(labels.geometry, try NiftiImage(contentsOf: input).geometry)
+        XCTAssertEqual(labels.datatype, .uint8)
+
+        let before = try AtomicFile.read(input)
+        let overInput = try cascadeseg(["segment", model, input, "-o", input, "--device", "cpu"])
+        XCTAssertEqual(overInput.status, 1, "writing over the input must be refused")
+        XCTAssertEqual(try AtomicFile.read(input), before, "the input was modified")
+        let missingOutput = try cascadeseg(["segment", model, input])
+        XCTAssertEqual(missingOutput.status, 2)
+        XCTAssertTrue(missingOutput.stderr.contains("--output"), missingOutput.stderr)
+    }
 }
