@@ -4,7 +4,8 @@ import Foundation
 /// `cascadeseg convert`: an ONNX network (exported from PyTorch) to a .cseg model file.
 enum ConvertCommand {
     static let usage = """
-        usage: cascadeseg convert --onnx NET.onnx -o NET.cseg [--weights float32|float16] [--name N]
+        usage: cascadeseg convert --stage1 LOC.onnx --stage2 ROI.onnx --config cascade.json -o MODEL.cseg [--weights float16]
+               cascadeseg convert --onnx NET.onnx -o NET.cseg [--weights float32|float16] [--name N]
                                   [--labels 0=background,1=liver,...] [--spacing D,H,W] [--normalization N]
                                   [--size-multiple D,H,W] [--description TEXT] [--license TEXT]
           --normalization: none (default), zscore, zscore-all, ct:LO,HI,MEAN,STD or percentile:LO,HI
@@ -15,7 +16,7 @@ enum ConvertCommand {
                                                 "size-multiple", "description", "license", "stage1", "stage2", "config"],
                                  flags: [])
         if args["stage1"] != nil || args["stage2"] != nil || args["config"] != nil {
-            throw CascadeSegError.usage("cascadeseg convert: the two-stage form (--stage1 A.onnx --stage2 B.onnx --config C.json) is not implemented yet; convert one network with --onnx\n\(usage)")
+            return try convertCascade(args)
         }
         guard args.positionals.isEmpty, let onnxPath = args["onnx"], let outputPath = args["output"] else {
             throw CascadeSegError.usage(usage)
@@ -62,6 +63,49 @@ enum ConvertCommand {
         for note in result.imported.notes { print("  note: \(note)") }
         print("labels: " + check.metadata.labels.map { "\($0.id)=\($0.name)" }.joined(separator: ", "))
         print("parameters: \(result.model.parameterCount) in \(result.model.weights.count) tensors")
+        if let s = check.storage {
+            print(String(format: "weights: %d bytes raw float32, %d bytes stored as %@ (%.3fx); file %d bytes",
+                         s.rawFloat32Bytes, s.storedBytes, weightType.rawValue,
+                         Double(s.storedBytes) / Double(max(s.rawFloat32Bytes, 1)), s.fileBytes))
+        }
+    }
+
+    /// Two ONNX networks and a cascade config (docs/ONNX.md) to one two-stage model.
+    static func convertCascade(_ args: Arguments) throws {
+        guard args.positionals.isEmpty, args["onnx"] == nil, let stage1Path = args["stage1"], let stage2Path = args["stage2"],
+              let configPath = args["config"], let outputPath = args["output"] else {
+            throw CascadeSegError.usage("the two-stage form needs --stage1, --stage2, --config and -o (and no --onnx)\n\(usage)")
+        }
+        for input in [stage1Path, stage2Path, configPath]
+        where URL(fileURLWithPath: input).standardized.path == URL(fileURLWithPath: outputPath).standardized.path {
+            throw CascadeSegError.usage("-o must differ from every input (inputs are never overwritten)")
+        }
+        let weightType: ModelFile.WeightType = try {
+            switch args["weights"] ?? "float32" {
+            case "float32": return .float32
+            case "float16": return .float16
+            case let other: throw CascadeSegError.usage("--weights must be float32 or float16, got '\(other)'")
+            }
+        }()
+        let config = try CascadeConfig(contentsOf: configPath)
+        func convert(_ path: String, _ stage: CascadeConfig.Stage) throws -> OnnxConverter.Result {
+            try OnnxConverter.convert(contentsOf: path, options: OnnxConversionOptions(
+                name: config.name, labels: config.labels, spacingMM: stage.spacingMM, normalization: config.normalization))
+        }
+        let first = try convert(stage1Path, config.stage1), second = try convert(stage2Path, config.stage2)
+        let model = try CascadeAssembler.assemble(stage1: first.model, stage2: second.model, config: config)
+        let bytes = try model.serialized(weightType: weightType)
+        let check = try ModelFile(bytes: bytes)
+        try AtomicFile.write(bytes, to: outputPath)
+        print("converted \(stage1Path) (stage 1) and \(stage2Path) (stage 2) -> \(outputPath)")
+        for (graph, stage) in zip(check.graphs, check.metadata.stages) {
+            var ops: [String: Int] = [:]
+            for n in graph.nodes { ops[n.op.rawValue, default: 0] += 1 }
+            print("graph '\(graph.name)' at \(stage.spacingMM) mm: \(graph.nodes.count) nodes, size multiple \(graph.sizeMultiple)")
+            print("  ops: " + ops.sorted { $0.key < $1.key }.map { "\($0.key) x\($0.value)" }.joined(separator: ", "))
+        }
+        print("labels: " + check.metadata.labels.map { "\($0.id)=\($0.name)" }.joined(separator: ", "))
+        print("parameters: \(check.parameterCount) in \(check.weights.count) tensors")
         if let s = check.storage {
             print(String(format: "weights: %d bytes raw float32, %d bytes stored as %@ (%.3fx); file %d bytes",
                          s.rawFloat32Bytes, s.storedBytes, weightType.rawValue,
