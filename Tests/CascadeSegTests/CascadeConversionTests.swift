@@ -45,6 +45,15 @@ final class CascadeConversionTests: XCTestCase {
         }
     }
 
+    func testLabelTableMustMatchTheOutputChannels() throws {
+        let single = try OnnxConverter.convert(contentsOf: onnx.appendingPathComponent("plain_unet.onnx").path).model
+        var threeLabels = config
+        threeLabels.labels.removeLast()
+        XCTAssertThrowsError(try CascadeAssembler.assemble(stage1: single, stage2: single, config: threeLabels)) { error in
+            XCTAssertTrue("\(error)".contains("outputs 4 classes but the config lists 3 labels"), "\(error)")
+        }
+    }
+
     func testConfigErrorsNameTheProblem() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

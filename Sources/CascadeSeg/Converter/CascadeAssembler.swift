@@ -67,6 +67,11 @@ public enum CascadeAssembler {
         guard let c1 = graphs[0].inputChannels, let c2 = graphs[1].inputChannels, c1 == c2 else {
             throw CascadeSegError.invalidModel("both stages must read the same fixed number of input channels (stage 1: \(graphs[0].inputChannels.map(String.init) ?? "?"), stage 2: \(graphs[1].inputChannels.map(String.init) ?? "?"))")
         }
+        for graph in graphs {
+            if let shape = graph.outputs.first?.shape, shape.count == 5, case .fixed(let classes) = shape[1], classes != config.labels.count {
+                throw CascadeSegError.invalidModel("graph '\(graph.name)' outputs \(classes) classes but the config lists \(config.labels.count) labels")
+            }
+        }
         let metadata = ModelMetadata(
             name: config.name, description: config.description ?? "", license: config.license ?? "", labels: config.labels,
             input: .init(channels: c1, normalization: config.normalization),
