@@ -9,11 +9,11 @@ final class CascadeConversionTests: XCTestCase {
 
     let config = CascadeConfig(
         name: "test-cascade", license: "CC0-1.0",
-        labels: [.init(id: 0, name: "background"), .init(id: 1, name: "a"), .init(id: 2, name: "b"), .init(id: 3, name: "c")],
+        labels: [.init(id: 0, name: "background"), .init(id: 1, name: "a"), .init(id: 2, name: "b")],
         normalization: .init(kind: "zscore", foreground: "nonzero"),
         stage1: .init(spacingMM: [3, 3, 3]), stage2: .init(spacingMM: [1, 1, 1]),
         roi: .init(marginMM: 4, minROISize: [16, 16, 16], labelGroups: [[1, 2]]),
-        priors: [.init(label: 3, box: [0.1, 0.2, 0.3, 0.6, 0.7, 0.8])])
+        priors: [.init(label: 2, box: [0.1, 0.2, 0.3, 0.6, 0.7, 0.8])])
 
     func testTwoNetworksBecomeOneCascadeModel() throws {
         let single = try OnnxConverter.convert(contentsOf: onnx.appendingPathComponent("plain_unet.onnx").path).model
@@ -24,7 +24,7 @@ final class CascadeConversionTests: XCTestCase {
         XCTAssertEqual(back.graphs.map(\.name), ["stage1", "stage2"])
         XCTAssertEqual(back.metadata.stages.map(\.spacingMM), [[3, 3, 3], [1, 1, 1]])
         XCTAssertEqual(back.metadata.cascade?.labelGroups, [[1, 2]])
-        XCTAssertEqual(back.metadata.cascade?.priors?.first?.label, 3)
+        XCTAssertEqual(back.metadata.cascade?.priors?.first?.label, 2)
         XCTAssertEqual(back.parameterCount, single.parameterCount + other.parameterCount)
 
         // Stage 2 of the cascade computes what the network converted alone computes.
@@ -50,7 +50,7 @@ final class CascadeConversionTests: XCTestCase {
         var threeLabels = config
         threeLabels.labels.removeLast()
         XCTAssertThrowsError(try CascadeAssembler.assemble(stage1: single, stage2: single, config: threeLabels)) { error in
-            XCTAssertTrue("\(error)".contains("outputs 4 classes but the config lists 3 labels"), "\(error)")
+            XCTAssertTrue("\(error)".contains("outputs 3 classes but the config lists 2 labels"), "\(error)")
         }
     }
 
