@@ -368,7 +368,7 @@ final class OnnxConverterTests: XCTestCase {
 
     // MARK: - Command line
 
-    func testConvertCommandWritesAModelAndRefusesTheTwoStageForm() throws {
+    func testConvertCommandWritesAModelAndReportsBadTwoStageArguments() throws {
         let candidates = [Bundle(for: Self.self).bundleURL, Bundle(for: Self.self).bundleURL.deletingLastPathComponent()]
         guard let binary = candidates.map({ $0.appendingPathComponent("cascadeseg") }).first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
             throw XCTSkip("the cascadeseg binary is not built next to the tests")
@@ -400,9 +400,12 @@ final class OnnxConverterTests: XCTestCase {
         XCTAssertEqual(model.metadata.stages[0].spacingMM, [1.5, 0.8, 0.8])
         XCTAssertEqual(model.storage?.weightTypes, ["float16"])
 
-        let twoStage = try run(["convert", "--stage1", "a.onnx", "--stage2", "b.onnx", "--config", "c.json", "-o", output])
-        XCTAssertEqual(twoStage.0, 2)
-        XCTAssertTrue(twoStage.2.contains("not implemented yet"), twoStage.2)
+        let incomplete = try run(["convert", "--stage1", "a.onnx", "-o", output])
+        XCTAssertEqual(incomplete.0, 2)
+        XCTAssertTrue(incomplete.2.contains("needs --stage1, --stage2, --config"), incomplete.2)
+        let missingConfig = try run(["convert", "--stage1", "a.onnx", "--stage2", "b.onnx", "--config", "c.json", "-o", output])
+        XCTAssertEqual(missingConfig.0, 1)
+        XCTAssertTrue(missingConfig.2.contains("cannot open 'c.json'"), missingConfig.2)
         let failing = try run(["convert", "--onnx", dir.appendingPathComponent("missing.onnx").path, "-o", dir.appendingPathComponent("x.cseg").path])
         XCTAssertEqual(failing.0, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("x.cseg").path))
