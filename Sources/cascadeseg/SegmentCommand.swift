@@ -5,10 +5,10 @@ import Foundation
 /// The two-stage cascade with ROIs is not built yet; `--single-stage` and `--stage1-only` run
 /// one network over the whole volume.
 enum SegmentCommand {
-    static let usage = "usage: cascadeseg segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--device D] [--quiet]"
+    static let usage = "usage: cascadeseg segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--overlay O.png] [--device D] [--quiet]"
 
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["output", "device"], flags: ["single-stage", "stage1-only", "quiet"])
+        let args = try Arguments(raw, options: ["output", "device", "overlay"], flags: ["single-stage", "stage1-only", "quiet"])
         guard args.positionals.count == 2 else { throw CascadeSegError.usage(usage) }
         let (modelPath, inputPath) = (args.positionals[0], args.positionals[1])
         let outputPath = try args.require("output")
@@ -31,6 +31,10 @@ enum SegmentCommand {
         let start = DispatchTime.now()
         let result = try WholeVolumeSegmentation.segment(image, model: model, stageIndex: stage, network: network)
         try NiftiImage.writeLabelMap(result.labels, like: image, to: outputPath)
+        if let overlayPath = args["overlay"] {
+            let overlay = try OverlayRenderer.render(image: Volume(image), labels: result.labels)
+            try AtomicFile.write(try PNGWriter.encode(rgb: overlay.rgb, width: overlay.width, height: overlay.height), to: overlayPath)
+        }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         guard !args.has("quiet") else { return }
         let s = image.spacing

@@ -127,8 +127,10 @@ final class CommandLineTests: XCTestCase {
         let input = dir.appendingPathComponent("image.nii.gz").path
         try image.write(to: input)
         let output = dir.appendingPathComponent("labels.nii.gz").path
-        let r = try cascadeseg(["segment", model, input, "-o", output, "--device", "cpu"])
+        let overlay = dir.appendingPathComponent("overlay.png").path
+        let r = try cascadeseg(["segment", model, input, "-o", output, "--device", "cpu", "--overlay", overlay])
         XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(Array(try AtomicFile.read(overlay).prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
         XCTAssertTrue(r.stdout.contains("peak device memory"), r.stdout)
         let labels = try NiftiImage(contentsOf: output)
         XCTAssertEqual(labels.geometry, try NiftiImage(contentsOf: input).geometry)
