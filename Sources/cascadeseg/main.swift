@@ -11,7 +11,7 @@ commands:
   run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
                                   or a NIfTI volume (z-scored, zero-padded to the network's multiple)
-  segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--overlay O.png] [--device D] [--quiet]
+  segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--overlay O.png] [--report R.json] [--device D] [--quiet]
                                   one network over the whole image; writes labels with the input's geometry
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak

@@ -128,8 +128,14 @@ final class CommandLineTests: XCTestCase {
         try image.write(to: input)
         let output = dir.appendingPathComponent("labels.nii.gz").path
         let overlay = dir.appendingPathComponent("overlay.png").path
-        let r = try cascadeseg(["segment", model, input, "-o", output, "--device", "cpu", "--overlay", overlay])
+        let reportPath = dir.appendingPathComponent("report.json").path
+        let r = try cascadeseg(["segment", model, input, "-o", output, "--device", "cpu", "--overlay", overlay, "--report", reportPath])
         XCTAssertEqual(r.status, 0, r.stderr)
+        let report = try JSONSerialization.jsonObject(with: Data(try AtomicFile.read(reportPath))) as! [String: Any]
+        XCTAssertGreaterThan(report["peak_device_bytes"] as! Int, 0)
+        XCTAssertNotNil(report["missed_labels"] as? [String])
+        let volumes = report["label_volumes_mm3"] as! [String: Double]
+        XCTAssertFalse(volumes.isEmpty)
         XCTAssertEqual(Array(try AtomicFile.read(overlay).prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
         XCTAssertTrue(r.stdout.contains("peak device memory"), r.stdout)
         let labels = try NiftiImage(contentsOf: output)
