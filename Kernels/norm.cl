@@ -12,8 +12,8 @@
 // CHUNKED 0 interleaves the partitions (GPUs, coalesced reads).
 #include "common.h"
 
-// Kahan step on vectors: sum += v with compensation comp.
-#define KAHAN_ADD(sum, comp, v) { const float8 y_ = (v) - comp; const float8 t_ = sum + y_; comp = (t_ - sum) - y_; sum = t_; }
+// Kahan step: sum += v with compensation comp, for scalars or vectors of type T.
+#define KAHAN_ADD(T, sum, comp, v) { const T y_ = (v) - comp; const T t_ = sum + y_; comp = (t_ - sum) - y_; sum = t_; }
 
 #if !CHUNKED
 // Work-item (p, g): partial sum number p of group g, reading every P-th value (coalesced on
@@ -30,10 +30,7 @@ __kernel void norm_partial_sums(__global const float* restrict x, __global const
     for (long i = p; i < len; i += P) {
         float v = xg[i] - mean;
         if (pass == 1) v = v * v;
-        const float y = v - comp;
-        const float t = sum + y;
-        comp = (t - sum) - y;
-        sum = t;
+        KAHAN_ADD(float, sum, comp, v)
     }
     partial[(size_t)g * P + p] = sum;
 }
@@ -59,26 +56,20 @@ __kernel void norm_chunk_moments(__global const float* restrict x, __global floa
         for (; i + 16 <= end; i += 16) {
             float8 a = vload8(0, xg + i) - m8, b = vload8(0, xg + i + 8) - m8;
             if (pass == 1) { a = a * a; b = b * b; }
-            KAHAN_ADD(s0, c0, a)
-            KAHAN_ADD(s1, c1, b)
+            KAHAN_ADD(float8, s0, c0, a)
+            KAHAN_ADD(float8, s1, c1, b)
         }
         float sum = 0.0f, comp = 0.0f;
         for (; i < end; ++i) {
             float v = xg[i] - mean;
             if (pass == 1) v = v * v;
-            const float y = v - comp;
-            const float t = sum + y;
-            comp = (t - sum) - y;
-            sum = t;
+            KAHAN_ADD(float, sum, comp, v)
         }
         float lanes[16], comps[16];
         vstore8(s0, 0, lanes); vstore8(s1, 0, lanes + 8);
         vstore8(c0, 0, comps); vstore8(c1, 0, comps + 8);
         for (int l = 0; l < 16; ++l) {
-            const float y = (lanes[l] - comps[l]) - comp;
-            const float t = sum + y;
-            comp = (t - sum) - y;
-            sum = t;
+            KAHAN_ADD(float, sum, comp, (lanes[l] - comps[l]))
         }
         if (pass == 0) mean = sum / (float)(end - begin); else m2 = sum;
     }
@@ -120,10 +111,7 @@ __kernel void norm_finalize(__global const float* restrict partial, __global flo
     if (g >= G) return;
     float sum = 0.0f, comp = 0.0f;
     for (int p = 0; p < P; ++p) {
-        const float y = partial[(size_t)g * P + p] - comp;
-        const float t = sum + y;
-        comp = (t - sum) - y;
-        sum = t;
+        KAHAN_ADD(float, sum, comp, partial[(size_t)g * P + p])
     }
     const float mean = sum / (float)len;
     if (pass == 0) stats[2 * g] = mean;

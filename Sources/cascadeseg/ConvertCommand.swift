@@ -24,12 +24,7 @@ enum ConvertCommand {
         guard URL(fileURLWithPath: onnxPath).standardized.path != URL(fileURLWithPath: outputPath).standardized.path else {
             throw CascadeSegError.usage("-o must differ from --onnx (inputs are never overwritten)")
         }
-        let weightType: ModelFile.WeightType
-        switch args["weights"] ?? "float32" {
-        case "float32": weightType = .float32
-        case "float16": weightType = .float16
-        case let other: throw CascadeSegError.usage("--weights must be float32 or float16, got '\(other)'")
-        }
+        let weightType = try parseWeightType(args)
         var options = OnnxConversionOptions(name: args["name"], description: args["description"] ?? "",
                                             license: args["license"] ?? "")
         if let labels = args["labels"] { options.labels = try parseLabels(labels) }
@@ -63,11 +58,7 @@ enum ConvertCommand {
         for note in result.imported.notes { print("  note: \(note)") }
         print("labels: " + check.metadata.labels.map { "\($0.id)=\($0.name)" }.joined(separator: ", "))
         print("parameters: \(result.model.parameterCount) in \(result.model.weights.count) tensors")
-        if let s = check.storage {
-            print(String(format: "weights: %d bytes raw float32, %d bytes stored as %@ (%.3fx); file %d bytes",
-                         s.rawFloat32Bytes, s.storedBytes, weightType.rawValue,
-                         Double(s.storedBytes) / Double(max(s.rawFloat32Bytes, 1)), s.fileBytes))
-        }
+        printStorage(of: check, weightType: weightType)
     }
 
     /// Two ONNX networks and a cascade config (docs/ONNX.md) to one two-stage model.
@@ -80,13 +71,7 @@ enum ConvertCommand {
         where URL(fileURLWithPath: input).standardized.path == URL(fileURLWithPath: outputPath).standardized.path {
             throw CascadeSegError.usage("-o must differ from every input (inputs are never overwritten)")
         }
-        let weightType: ModelFile.WeightType = try {
-            switch args["weights"] ?? "float32" {
-            case "float32": return .float32
-            case "float16": return .float16
-            case let other: throw CascadeSegError.usage("--weights must be float32 or float16, got '\(other)'")
-            }
-        }()
+        let weightType = try parseWeightType(args)
         let config = try CascadeConfig(contentsOf: configPath)
         func convert(_ path: String, _ stage: CascadeConfig.Stage) throws -> OnnxConverter.Result {
             try OnnxConverter.convert(contentsOf: path, options: OnnxConversionOptions(
@@ -106,11 +91,23 @@ enum ConvertCommand {
         }
         print("labels: " + check.metadata.labels.map { "\($0.id)=\($0.name)" }.joined(separator: ", "))
         print("parameters: \(check.parameterCount) in \(check.weights.count) tensors")
-        if let s = check.storage {
-            print(String(format: "weights: %d bytes raw float32, %d bytes stored as %@ (%.3fx); file %d bytes",
-                         s.rawFloat32Bytes, s.storedBytes, weightType.rawValue,
-                         Double(s.storedBytes) / Double(max(s.rawFloat32Bytes, 1)), s.fileBytes))
+        printStorage(of: check, weightType: weightType)
+    }
+
+    static func parseWeightType(_ args: Arguments) throws -> ModelFile.WeightType {
+        switch args["weights"] ?? "float32" {
+        case "float32": return .float32
+        case "float16": return .float16
+        case let other: throw CascadeSegError.usage("--weights must be float32 or float16, got '\(other)'")
         }
+    }
+
+    /// Raw and stored weight bytes of a written model, as read back.
+    static func printStorage(of model: ModelFile, weightType: ModelFile.WeightType) {
+        guard let s = model.storage else { return }
+        print(String(format: "weights: %d bytes raw float32, %d bytes stored as %@ (%.3fx); file %d bytes",
+                     s.rawFloat32Bytes, s.storedBytes, weightType.rawValue,
+                     Double(s.storedBytes) / Double(max(s.rawFloat32Bytes, 1)), s.fileBytes))
     }
 
     static func numbers(_ text: String, _ option: String, count: Int) throws -> [Double] {

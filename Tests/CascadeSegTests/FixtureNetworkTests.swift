@@ -11,13 +11,9 @@ final class FixtureNetworkTests: XCTestCase {
         let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
         let model = try ModelFile(contentsOf: Self.fixtures.appendingPathComponent("\(name).cseg").path)
         let network = try Network(model: model, context: context)
-        let inputs = try FileManager.default.contentsOfDirectory(atPath: Self.fixtures.path)
-            .filter { $0.hasPrefix("\(name)_in_") && $0.hasSuffix(".npy") }.sorted()
-        XCTAssertGreaterThanOrEqual(inputs.count, 2, "fixtures for \(name) are missing")
-        for file in inputs {
-            let size = file.dropFirst("\(name)_in_".count).dropLast(4)
-            let x = try NpyFile.read(Self.fixtures.appendingPathComponent(file).path)
-            let expected = try NpyFile.read(Self.fixtures.appendingPathComponent("\(name)_out_\(size).npy").path)
+        let pairs = try FixturePairs.load(name, in: Self.fixtures)
+        XCTAssertGreaterThanOrEqual(pairs.count, 2, "fixtures for \(name) are missing")
+        for (size, x, expected) in pairs {
             let result = try network.run(x)
             let y = result.outputs[network.graph.outputs[0].name]!
             XCTAssertEqual(y.shape, expected.shape, "\(name) \(size)")
@@ -67,12 +63,9 @@ final class GPUTuningOnCPUTests: XCTestCase {
         for name in ["unet_in", "mixed_ops"] {
             let model = try ModelFile(contentsOf: FixtureNetworkTests.fixtures.appendingPathComponent("\(name).cseg").path)
             let network = try Network(graph: try model.stageGraph(1), weights: model.weights, context: context, tuning: .gpu)
-            let files = try FileManager.default.contentsOfDirectory(atPath: FixtureNetworkTests.fixtures.path)
-                .filter { $0.hasPrefix("\(name)_in_") }.sorted()
-            for file in files {
-                let size = file.dropFirst("\(name)_in_".count).dropLast(4)
-                let x = try NpyFile.read(FixtureNetworkTests.fixtures.appendingPathComponent(file).path)
-                let expected = try NpyFile.read(FixtureNetworkTests.fixtures.appendingPathComponent("\(name)_out_\(size).npy").path)
+            let pairs = try FixturePairs.load(name, in: FixtureNetworkTests.fixtures)
+            XCTAssertGreaterThanOrEqual(pairs.count, 2, "fixtures for \(name) are missing")
+            for (size, x, expected) in pairs {
                 let y = try network(x)
                 XCTAssertEqual(y.shape, expected.shape)
                 let worst = zip(y.data, expected.data).map { abs($0 - $1) }.max() ?? .infinity

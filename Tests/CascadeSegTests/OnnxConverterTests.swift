@@ -20,13 +20,9 @@ final class OnnxConverterTests: XCTestCase {
         XCTAssertEqual(model.graphs, result.model.graphs)
         let context = try ComputeContext.shared(for: try ComputeDevice.select("cpu"))
         let network = try Network(model: model, context: context)
-        let inputs = try FileManager.default.contentsOfDirectory(atPath: Self.fixtures.path)
-            .filter { $0.hasPrefix("\(name)_in_") && $0.hasSuffix(".npy") }.sorted()
-        XCTAssertEqual(inputs.count, 2, "fixtures for \(name) are missing")
-        for input in inputs {
-            let size = input.dropFirst("\(name)_in_".count).dropLast(4)
-            let x = try NpyFile.read(Self.fixtures.appendingPathComponent(input).path)
-            let expected = try NpyFile.read(Self.fixtures.appendingPathComponent("\(name)_out_\(size).npy").path)
+        let pairs = try FixturePairs.load(name, in: Self.fixtures)
+        XCTAssertEqual(pairs.count, 2, "fixtures for \(name) are missing")
+        for (size, x, expected) in pairs {
             let y = try network.run(x).outputs[network.graph.outputs[0].name]!
             XCTAssertEqual(y.shape, expected.shape, "\(name) \(size)")
             guard y.shape == expected.shape else { continue }
