@@ -12,16 +12,22 @@ public struct RunResult: Sendable {
     public var seconds: Double
     /// Per-node wall time, when profiling was requested (each node then waits for the device).
     public var profile: [(node: String, op: OpType, seconds: Double)]
+    /// Most spatial tiles any node ran in (1 when the whole tensors fit on the device).
+    public var tiles: Int = 1
 }
 
 extension Network {
-    /// Runs the graph on one input (1 x C x D x H x W, or C x D x H x W).
-    public func run(_ input: Tensor, profile: Bool = false) throws -> RunResult {
+    /// Runs the graph on one input (1 x C x D x H x W, or C x D x H x W). With a
+    /// `memoryBudget` (bytes), the device never holds more than that at once: weights included.
+    public func run(_ input: Tensor, memoryBudget: Int? = nil, profile: Bool = false) throws -> RunResult {
         let shape = input.shape.count == 4 ? [1] + input.shape : input.shape
         if let bad = input.data.firstIndex(where: { !$0.isFinite }) {
             throw CascadeSegError.invalidInput("input value \(bad) is \(input.data[bad]) (NaN or infinite values are not accepted)")
         }
         let plan = try self.plan(inputShape: shape)
+        if let memoryBudget, plan.peakBytes > memoryBudget {
+            throw CascadeSegError.budget("'\(graph.name)' on input \(shape) needs \(plan.peakBytes) bytes of device memory, over the budget of \(memoryBudget)")
+        }
         let start = DispatchTime.now()
         context.memory.resetPeak()
         var timings: [(String, OpType, Double)] = []

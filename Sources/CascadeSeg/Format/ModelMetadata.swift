@@ -40,7 +40,12 @@ public struct ModelMetadata: Codable, Equatable, Sendable {
         public var label: Int
         /// [z0, y0, x0, z1, y1, x1] as fractions of the foreground bounding box.
         public var box: [Double]
-        public init(label: Int, box: [Double]) { self.label = label; self.box = box }
+        /// Stage 1 finding less than this volume of the label counts as a miss (optional).
+        public var minVolumeMM3: Double?
+        enum CodingKeys: String, CodingKey { case label, box, minVolumeMM3 = "min_volume_mm3" }
+        public init(label: Int, box: [Double], minVolumeMM3: Double? = nil) {
+            self.label = label; self.box = box; self.minVolumeMM3 = minVolumeMM3
+        }
     }
 
     public struct Cascade: Codable, Equatable, Sendable {
@@ -96,6 +101,9 @@ public struct ModelMetadata: Codable, Equatable, Sendable {
             guard cascade.minROISize.count == 3, cascade.minROISize.allSatisfy({ $0 >= 1 }) else { throw fail("min_roi_size must be three positive sizes") }
             for prior in cascade.priors ?? [] where prior.box.count != 6 || !prior.box.allSatisfy({ $0 >= -1 && $0 <= 2 }) {
                 throw fail("prior box of label \(prior.label) must be six fractions")
+            }
+            for prior in cascade.priors ?? [] where !(prior.minVolumeMM3.map { $0 >= 0 && $0.isFinite } ?? true) {
+                throw fail("prior of label \(prior.label): min_volume_mm3 must be >= 0")
             }
         }
     }
