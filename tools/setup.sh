@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates tools/.venv (idempotent) with torch (CPU), numpy, zstandard, onnx and onnxruntime,
-# which tools/cseg.py and tools/make_fixtures.py need. Safe to run again: it only installs
-# what is missing.
+# which tools/cseg.py and tools/make_fixtures.py need, and scipy and nibabel, which
+# tools/reference_cascade.py and tools/make_cascade_fixture.py need. Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
@@ -30,7 +31,7 @@ else
 fi
 
 missing=()
-for spec in numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime; do
+for spec in numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime scipy:scipy nibabel:nibabel; do
   mod="${spec%%:*}"; pkg="${spec##*:}"
   if have "$mod"; then echo "setup: $pkg already installed"; else missing+=("$pkg"); fi
 done
@@ -41,7 +42,7 @@ fi
 
 "$py" - <<'PY'
 import importlib
-for m in ("torch", "numpy", "zstandard", "onnx", "onnxruntime"):
+for m in ("torch", "numpy", "zstandard", "onnx", "onnxruntime", "scipy", "nibabel"):
     try:
         print(f"setup: {m} {importlib.import_module(m).__version__}")
     except Exception as e:  # onnx/onnxruntime are optional for make_fixtures.py

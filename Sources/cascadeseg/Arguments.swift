@@ -48,6 +48,29 @@ struct Arguments {
         return v
     }
 
+    /// A byte count: a positive integer, optionally followed by K, M or G (powers of 1024,
+    /// either case): `1048576`, `64M`, `2G`. Nil when the option is absent.
+    func bytes(_ option: String) throws -> Int? {
+        guard let s = values[option] else { return nil }
+        return try Arguments.parseBytes(s, option: option)
+    }
+
+    static func parseBytes(_ text: String, option: String) throws -> Int {
+        func bad() -> CascadeSegError {
+            .usage("--\(option) must be a positive number of bytes, optionally with K, M or G (1024-based), e.g. 512M; got '\(text)'")
+        }
+        var digits = Substring(text)
+        var scale = 1
+        if let last = digits.last, let power = ["K": 1, "M": 2, "G": 3][last.uppercased()] {
+            scale = 1 << (10 * power)
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(digits), value > 0 else { throw bad() }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+        guard !overflow else { throw bad() }
+        return bytes
+    }
+
     func int(_ option: String, default value: Int) throws -> Int {
         guard let s = values[option] else { return value }
         guard let v = Int(s) else { throw CascadeSegError.usage("--\(option) must be an integer, got '\(s)'") }

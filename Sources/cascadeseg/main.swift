@@ -11,8 +11,10 @@ commands:
   run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
                                   or a NIfTI volume (z-scored, zero-padded to the network's multiple)
-  segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz (--single-stage | --stage1-only) [--overlay O.png] [--report R.json] [--device D] [--quiet]
-                                  one network over the whole image; writes labels with the input's geometry
+  segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz [--single-stage | --stage1-only] [--no-prior]
+          [--memory-budget BYTES] [--overlay O.png] [--report R.json] [--device D] [--quiet]
+                                  the two-stage cascade (or one network over the whole image with a
+                                  mode flag or a one-stage model); writes labels with the input's geometry
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak
   bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--profile]

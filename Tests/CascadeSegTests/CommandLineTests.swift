@@ -4,42 +4,15 @@ import XCTest
 
 /// The `cascadeseg` binary as a user runs it: exit codes, messages, and no partial outputs.
 final class CommandLineTests: XCTestCase {
-    /// The binary SwiftPM built next to the test bundle (`swift build --build-tests` builds it).
-    var binary: URL {
-        let candidates = [Bundle.main.executableURL?.deletingLastPathComponent(), Bundle(for: Self.self).bundleURL,
-                          Bundle(for: Self.self).bundleURL.deletingLastPathComponent()].compactMap { $0 }
-        return candidates.map { $0.appendingPathComponent("cascadeseg") }
-            .first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0].appendingPathComponent("cascadeseg")
-    }
     var fixtures: URL { FixtureNetworkTests.fixtures }
 
-    struct Outcome { var status: Int32; var stdout: String; var stderr: String }
+    typealias Outcome = CascadesegBinary.Outcome
 
     func cascadeseg(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw CascadeSegError.io("the cascadeseg binary is not built next to the tests (\(binary.path)); run `swift build --build-tests`")
-        }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                       stderr: String(decoding: stderr, as: UTF8.self))
+        try CascadesegBinary.run(arguments, environment: environment)
     }
 
-    func temporaryDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cascadeseg-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
-        return dir
-    }
+    func temporaryDirectory() throws -> URL { try CascadesegBinary.temporaryDirectory(for: self) }
 
     func testRunMatchesPyTorchFixture() throws {
         let dir = try temporaryDirectory()

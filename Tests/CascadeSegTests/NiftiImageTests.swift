@@ -426,6 +426,18 @@ final class NiftiImageTests: XCTestCase {
         }
     }
 
+    func testWorldCoordinatesPreferSformThenQformThenSpacing() throws {
+        var g = try NiftiGeometry(nx: 4, ny: 4, nz: 4, affine: [[-2, 0, 0, 10], [0, 3, 0, -5], [0, 0, 1, 7]])
+        g.stoXYZ[0][3] = 11   // the sform and qform now differ in the x offset
+        XCTAssertEqual(g.worldMM(ofVoxel: SIMD3(1, 2, 3)), SIMD3(9, 1, 10), "sform")
+        g.sformCode = 0
+        XCTAssertEqual(g.worldMM(ofVoxel: SIMD3(1, 2, 3)), SIMD3(8, 1, 10), "qform")
+        g.qformCode = 0
+        XCTAssertEqual(g.worldMM(ofVoxel: SIMD3(1, 2, 3)), SIMD3(2, 6, 3), "index x spacing")
+        g.xyzUnits = NIFTI_UNITS_METER
+        XCTAssertEqual(g.worldMM(ofVoxel: SIMD3(1, 2, 3)), SIMD3(2000, 6000, 3000), "metres to mm")
+    }
+
     func testBadSpacingIsAnError() throws {
         // libnifti writes |pixdim| and reads a zero or NaN spacing as 1, so the header is patched here.
         for (name, axis, value) in [("zero", 2, Float(0)), ("negative", 3, -2), ("nan", 1, .nan)] {

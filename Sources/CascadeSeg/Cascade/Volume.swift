@@ -1,5 +1,3 @@
-import CNifti
-
 /// The geometry shared by the cascade's building blocks: a 3-D float volume with its grid size
 /// and spacing, and axis-aligned boxes of voxels.
 ///
@@ -36,13 +34,8 @@ public struct Volume: Equatable, Sendable {
     /// in mm: converted from metres or microns when the header says so, taken as mm otherwise.
     public init(_ image: NiftiImage) {
         let s = image.spacing
-        let unit: Double
-        switch image.geometry.xyzUnits {
-        case NIFTI_UNITS_METER: unit = 1000
-        case NIFTI_UNITS_MICRON: unit = 0.001
-        default: unit = 1
-        }
-        self.init(size: SIMD3(image.nx, image.ny, image.nz), spacing: SIMD3(s.x, s.y, s.z) * unit, voxels: image.voxels)
+        self.init(size: SIMD3(image.nx, image.ny, image.nz), spacing: SIMD3(s.x, s.y, s.z) * image.geometry.millimetresPerUnit,
+                  voxels: image.voxels)
     }
 
     public var nx: Int { size.x }
@@ -55,6 +48,21 @@ public struct Volume: Equatable, Sendable {
     public subscript(x x: Int, y y: Int, z z: Int) -> Float {
         get { voxels[index(x, y, z)] }
         set { voxels[index(x, y, z)] = newValue }
+    }
+
+    /// The voxels of `box` (non-empty, inside the grid) as a volume of the same spacing.
+    public func cropped(to box: VoxelBox) -> Volume {
+        precondition(!box.isEmpty && box.clamped(to: size) == box, "box \(box) is not inside the \(size) grid")
+        let s = box.size
+        var out = [Float]()
+        out.reserveCapacity(s.x * s.y * s.z)
+        for z in box.lower.z..<box.upper.z {
+            for y in box.lower.y..<box.upper.y {
+                let row = index(box.lower.x, y, z)
+                out.append(contentsOf: voxels[row..<(row + s.x)])
+            }
+        }
+        return Volume(size: s, spacing: spacing, voxels: out)
     }
 
     static func checkGrid(_ size: SIMD3<Int>, _ spacing: SIMD3<Double>) {

@@ -80,6 +80,34 @@ public struct NiftiGeometry: Equatable, Sendable {
     /// The header's `xyzt_units` byte.
     public var xyztUnits: Int32 { (xyzUnits & 0x07) | (timeUnits & 0x38) }
 
+    /// Millimetres per spatial unit of the header: 1000 for metres, 0.001 for microns, and 1
+    /// otherwise (millimetres, or unknown units, which in practice are millimetres).
+    public var millimetresPerUnit: Double {
+        switch xyzUnits {
+        case NIFTI_UNITS_METER: return 1000
+        case NIFTI_UNITS_MICRON: return 0.001
+        default: return 1
+        }
+    }
+
+    /// The voxel-to-world matrix readers use (nibabel's order): the sform when its code is set,
+    /// else the qform when its code is set, else the voxel index times the spacing (NIfTI's
+    /// "method 1", no rotation, no offset). In the header's units.
+    public var voxelToWorld: [[Double]] {
+        if sformCode > 0 { return stoXYZ }
+        if qformCode > 0 { return qtoXYZ }
+        return [[pixdim[1], 0, 0, 0], [0, pixdim[2], 0, 0], [0, 0, pixdim[3], 0], [0, 0, 0, 1]]
+    }
+
+    /// World (scanner) coordinates in mm of the centre of voxel `(i, j, k)` (fractional
+    /// indices allowed), by `voxelToWorld`.
+    public func worldMM(ofVoxel v: SIMD3<Double>) -> SIMD3<Double> {
+        let m = voxelToWorld
+        var out = SIMD3<Double>()
+        for r in 0..<3 { out[r] = m[r][0] * v.x + m[r][1] * v.y + m[r][2] * v.z + m[r][3] }
+        return out * millimetresPerUnit
+    }
+
     /// Nil when the geometry can be written, else what is wrong with it.
     func problem() -> String? {
         guard nx >= 1, ny >= 1, nz >= 1 else { return "grid \(nx)x\(ny)x\(nz) has an empty dimension" }
