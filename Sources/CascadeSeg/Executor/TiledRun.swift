@@ -160,14 +160,12 @@ extension Network {
                     let s = shapes[name]!
                     tileShapes[name] = [1, s[1], iz.count, iy.count, s[4]]
                     if j > 0, activations[..<j].contains(name) { continue }
-                    Self.gather(host[name]!, shape: s, z: iz, y: iy, into: &staging)
-                    try context.upload(staging, to: buffers[name]!.view)
+                    try uploadBox(host[name]!, shape: s, z: iz, y: iy, to: buffers[name]!.view, staging: &staging)
                 }
                 try execute(Self.withLocalPadding(op, pads), node: node, shapes: tileShapes, concatenatedInPlace: [],
                             buffer: { name in name == outName ? outBuffer : buffers[name]!.view },
                             scratch: { _, _ in throw CascadeSegError.invalidGraph("node '\(node.name)' has no scratch in a streamed run") })
-                let tile = try context.download(outBuffer, count: outShape[1] * zr.count * yr.count * outShape[4])
-                Self.scatter(tile, into: &result, shape: outShape, z: zr, y: yr)
+                try downloadBox(outBuffer, into: &result, shape: outShape, z: zr, y: yr, staging: &staging)
             }
         }
         return result
@@ -196,8 +194,7 @@ extension Network {
         var count = [Double](repeating: 0, count: n.groups), mean = count, m2 = count
         for zr in zs {
             for yr in ys {
-                Self.gather(x, shape: shape, z: zr, y: yr, into: &staging)
-                try context.upload(staging, to: input.view)
+                try uploadBox(x, shape: shape, z: zr, y: yr, to: input.view, staging: &staging)
                 let len = perGroup * zr.count * yr.count * width
                 try context.launch(program, "norm_chunk_moments", global: [partitions, n.groups], local: [1, 1],
                                    [.buffer(input.view), .buffer(partials), .long(Int64(len)), .int(Int32(partitions))])
@@ -230,16 +227,14 @@ extension Network {
         var result = [Float](repeating: 0, count: x.count)
         for zr in zs {
             for yr in ys {
-                Self.gather(x, shape: shape, z: zr, y: yr, into: &staging)
-                try context.upload(staging, to: input.view)
+                try uploadBox(x, shape: shape, z: zr, y: yr, to: input.view, staging: &staging)
                 let spatial = zr.count * yr.count * width
                 let perLaunch = tuning.elementwisePerItem * tuning.elementwiseGroup
                 try context.launch(program, "norm_apply", global: [(spatial + perLaunch - 1) / perLaunch * tuning.elementwiseGroup, channels],
                                    local: [tuning.elementwiseGroup, 1],
                                    [.buffer(input.view), .buffer(output), .buffer(statistics), .buffer(n.scale), .buffer(n.bias),
                                     .long(Int64(spatial)), .int(Int32(perGroup)), .int(Int32(act)), .float(alpha)])
-                let tile = try context.download(output, count: channels * spatial)
-                Self.scatter(tile, into: &result, shape: shape, z: zr, y: yr)
+                try downloadBox(output, into: &result, shape: shape, z: zr, y: yr, staging: &staging)
             }
         }
         return result
@@ -259,6 +254,38 @@ extension Network {
             return .pool(p)
         default:
             return op
+        }
+    }
+
+    /// Uploads the box `z` x `y` (whole x rows) of every channel of a 1 x C x D x H x W host
+    /// tensor into `buffer`, packed. Whole y-ranges are one contiguous block per channel and go
+    /// straight from the host tensor; partial ones are packed in `staging` first.
+    func uploadBox(_ source: [Float], shape: [Int], z: Range<Int>, y: Range<Int>, to buffer: DeviceBuffer, staging: inout [Float]) throws {
+        let (c, d, h, w) = (shape[1], shape[2], shape[3], shape[4])
+        guard y.count == h else {
+            Self.gather(source, shape: shape, z: z, y: y, into: &staging)
+            return try context.upload(staging, to: buffer)
+        }
+        let block = z.count * h * w
+        try source.withUnsafeBytes { raw in
+            for ch in 0..<c {
+                try context.upload(from: raw.baseAddress! + (ch * d + z.lowerBound) * h * w * 4, bytes: block * 4, to: buffer, offsetBytes: ch * block * 4)
+            }
+        }
+    }
+
+    /// Downloads a packed tile from `buffer` into its box of a 1 x C x D x H x W host tensor.
+    func downloadBox(_ buffer: DeviceBuffer, into destination: inout [Float], shape: [Int], z: Range<Int>, y: Range<Int>, staging: inout [Float]) throws {
+        let (c, d, h, w) = (shape[1], shape[2], shape[3], shape[4])
+        guard y.count == h else {
+            let tile = try context.download(buffer, count: c * z.count * y.count * w)
+            return Self.scatter(tile, into: &destination, shape: shape, z: z, y: y)
+        }
+        let block = z.count * h * w
+        try destination.withUnsafeMutableBytes { raw in
+            for ch in 0..<c {
+                try context.download(buffer, offsetBytes: ch * block * 4, bytes: block * 4, into: raw.baseAddress! + (ch * d + z.lowerBound) * h * w * 4)
+            }
         }
     }
 
