@@ -184,7 +184,7 @@ extension Network {
             let (act, alpha) = n.activation.kernelCode
             try context.launch(program, "norm_apply", global: [elementwiseGlobal(spatial)[0], outShape[1]], local: [tuning.elementwiseGroup, 1],
                                [.buffer(x), .buffer(out), .buffer(statsView), .buffer(n.scale), .buffer(n.bias)] + long(spatial)
-                               + [int(outShape[1] / n.groups), int(act), .float(alpha)])
+                               + [int(outShape[1] / n.groups), int(act), .float(alpha)] + long(0))
 
         case .channelAffine(let scale, let shift):
             try context.launch(try elementwiseProgram(), "channel_affine", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
