@@ -99,4 +99,23 @@ final class TiledRunTests: XCTestCase {
         XCTAssertEqual(LiveObjects.shared.buffers, before, "a refused budget must not leave buffers behind")
         XCTAssertThrowsError(try network.run(x, memoryBudget: 0))
     }
+
+    func testNetworkLoadedWithoutResidentWeightsHoldsNothingAndRunsInBudget() throws {
+        let model = try ModelFile(contentsOf: Self.fixtures.appendingPathComponent("unet_in.cseg").path)
+        let before = context.memory.liveBytes
+        let network = try Network(model: model, context: context, residentWeights: false)
+        XCTAssertEqual(context.memory.liveBytes, before, "loading must leave no weights on the device")
+        XCTAssertFalse(network.weightsResident)
+        let (_, x, expected) = try FixturePairs.load("unet_in", in: Self.fixtures)[0]
+        let minimum = try network.minimumMemoryBudget(inputShape: x.shape)
+        let result = try network.run(x, memoryBudget: minimum)
+        XCTAssertLessThanOrEqual(result.peakDeviceBytes - before, minimum)
+        XCTAssertEqual(context.memory.liveBytes, before, "a budgeted run must leave nothing on the device")
+        let y = result.outputs[network.graph.outputs[0].name]!
+        let worst = zip(y.data, expected.data).map { abs($0 - $1) }.max() ?? 0
+        XCTAssertLessThan(worst, 1e-3, "streamed run against the PyTorch reference")
+        // Without a budget, the weights are uploaded for the run and kept.
+        _ = try network.run(x)
+        XCTAssertTrue(network.weightsResident)
+    }
 }

@@ -28,8 +28,10 @@ public final class Network {
     /// Device form of every node while the weights are resident; empty after `releaseDeviceWeights`.
     var lowered: [LoweredOp] = []
 
+    /// `residentWeights: false` (for runs under a memory budget) validates every node against
+    /// its weights but keeps none on the device: runs upload what they need.
     public init(graph original: Graph, weights originalWeights: [String: Tensor], context: ComputeContext,
-                tuning: DeviceTuning? = nil) throws {
+                tuning: DeviceTuning? = nil, residentWeights: Bool = true) throws {
         let (graph, weights) = try GraphOptimizer.optimize(original, weights: originalWeights)
         self.graph = graph
         self.context = context
@@ -41,17 +43,24 @@ public final class Network {
         parameterCount = weights.values.reduce(0) { $0 + $1.count }
         // Lowering every node checks its attributes against the weights, so errors surface at load time.
         var lowered: [LoweredOp] = []
-        for node in order { lowered.append(try Self.lower(node, weights: weights, context: context, tuning: self.tuning)) }
-        runsInPlace = lowered.map(\.canRunInPlace)
-        normGroups = lowered.map { if case .norm(let n) = $0 { return n.groups } else { return nil } }
-        nodeWeightBytes = lowered.map(\.deviceBytes)
+        var inPlace: [Bool] = [], groups: [Int?] = [], bytes: [Int] = []
+        for node in order {
+            let op = try Self.lower(node, weights: weights, context: context, tuning: self.tuning)
+            inPlace.append(op.canRunInPlace)
+            groups.append({ if case .norm(let n) = op { return n.groups } else { return nil } }())
+            bytes.append(op.deviceBytes)
+            if residentWeights { lowered.append(op) }
+        }
+        (runsInPlace, normGroups, nodeWeightBytes) = (inPlace, groups, bytes)
         self.lowered = lowered
-        weightBytes = lowered.reduce(0) { $0 + $1.deviceBytes }
+        weightBytes = bytes.reduce(0, +)
     }
 
     /// Convenience: stage `stage` (1-based) of a model file.
-    public convenience init(model: ModelFile, stage: Int = 1, context: ComputeContext, tuning: DeviceTuning? = nil) throws {
-        try self.init(graph: try model.stageGraph(stage), weights: model.weights, context: context, tuning: tuning)
+    public convenience init(model: ModelFile, stage: Int = 1, context: ComputeContext, tuning: DeviceTuning? = nil,
+                            residentWeights: Bool = true) throws {
+        try self.init(graph: try model.stageGraph(stage), weights: model.weights, context: context, tuning: tuning,
+                      residentWeights: residentWeights)
     }
 
     /// Whether all weights are on the device now.
