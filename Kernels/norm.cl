@@ -120,10 +120,14 @@ __kernel void norm_finalize(__global const float* restrict partial, __global flo
 
 // y = (x - mean_g) * invstd_g * scale_c + bias_c, then the fused activation. May run in place.
 // Work-item (i, c) handles PER_ITEM values of channel c, strided by the local size GROUP.
+// `offset` (floats) locates channel 0 in x and y: a streamed run normalizes a tile's channel
+// range in place, inside a buffer that also holds other tensors' channels.
 __kernel void norm_apply(__global const float* x, __global float* y, __global const float* restrict stats,
                          __global const float* restrict scale, __global const float* restrict bias,
-                         long spatial, int channelsPerGroup, int act, float alpha)
+                         long spatial, int channelsPerGroup, int act, float alpha, long offset)
 {
+    x += offset;
+    y += offset;
     const long base = (long)get_group_id(0) * GROUP * PER_ITEM + get_local_id(0);
     const int c = get_global_id(1);
     const int g = c / channelsPerGroup;

@@ -5,7 +5,7 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only"], flags: ["quick", "profile"])
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only", "memory-budget"], flags: ["quick", "profile"])
         switch args.positionals {
         case ["kernels"]: try kernels(args)
         case ["unet"]: try unet(args)
@@ -61,18 +61,19 @@ enum BenchCommand {
         print("device: \(device.name)")
         print("network: nnU-Net-like 3D U-Net, features \(config.features), \(network.parameterCount) parameters (random weights)")
         print("input: \(inputDescription)")
-        _ = try network.run(x)  // warm-up: kernel compilation
+        let budget = try args["memory-budget"].map { _ in try args.int("memory-budget", default: 0) }
+        _ = try network.run(x, memoryBudget: budget)  // warm-up: kernel compilation
         var times: [Double] = []
         var last: RunResult? = nil
         for _ in 0..<max(try args.int("repeat", default: 3), 1) {
-            let r = try network.run(x, profile: args.has("profile"))
+            let r = try network.run(x, memoryBudget: budget, profile: args.has("profile"))
             times.append(r.seconds)
             last = r
         }
         times.sort()
-        print(String(format: "forward: median %.3f s (min %.3f s) over %d runs; peak device memory %.1f MiB (weights %.1f MiB, planned %.1f MiB)",
+        print(String(format: "forward: median %.3f s (min %.3f s) over %d runs; peak device memory %.1f MiB (weights %.1f MiB, planned %.1f MiB), %d tile(s) at most per node",
                      times[times.count / 2], times[0], times.count, Double(last!.peakDeviceBytes) / 1048576,
-                     Double(network.weightBytes) / 1048576, Double(last!.plannedPeakBytes) / 1048576))
+                     Double(network.weightBytes) / 1048576, Double(last!.plannedPeakBytes) / 1048576, last!.tiles))
         if args.has("profile"), let r = last {
             var byOp: [OpType: (Int, Double)] = [:]
             for e in r.profile { byOp[e.op, default: (0, 0)].0 += 1; byOp[e.op, default: (0, 0)].1 += e.seconds }

@@ -66,11 +66,11 @@ extension Network {
         for (i, node) in order.enumerated() { for o in node.outputs { producerIndex[o] = i } }
         var concatSlot: [String: (concat: String, offset: Int)] = [:]
         for (i, node) in order.enumerated() {
-            guard case .concat = lowered[i], !outputs.contains(node.outputs[0]) else { continue }
+            guard node.op == .concat, !outputs.contains(node.outputs[0]) else { continue }
             var offset = 0
             for input in node.inputs {
                 let size = try bytes(input)
-                if let p = producerIndex[input], !lowered[p].canRunInPlace, uses[input] == 1, !outputs.contains(input),
+                if let p = producerIndex[input], !runsInPlace[p], uses[input] == 1, !outputs.contains(input),
                    concatSlot[input] == nil, offset % arenaAlignment == 0, Set(node.inputs).count == node.inputs.count {
                     concatSlot[input] = (node.outputs[0], offset)
                 }
@@ -91,15 +91,15 @@ extension Network {
                 offsetInStorage[out] = slot.offset
             } else if storageOf[out] != nil {
                 // A Concat whose storage already holds some of its inputs.
-            } else if lowered[i].canRunInPlace, let x = node.input(0), let s = storageOf[x], offsetInStorage[x] == nil,
+            } else if runsInPlace[i], let x = node.input(0), let s = storageOf[x], offsetInStorage[x] == nil,
                requests[s]!.lastUse == step, !outputs.contains(x), try bytes(x) == bytes(out) {
                 storageOf[out] = s
                 requests[s]!.lastUse = max(requests[s]!.lastUse, lastUse[out] ?? step)
             } else {
                 storageOf[out] = newStorage(bytes: try bytes(out), first: step, last: lastUse[out] ?? step)
             }
-            if case .norm(let n) = lowered[i] {
-                scratchOf[i] = newStorage(bytes: normScratchLayout(groups: n.groups).bytes, first: step, last: step)
+            if let groups = normGroups[i] {
+                scratchOf[i] = newStorage(bytes: normScratchLayout(groups: groups).bytes, first: step, last: step)
             }
         }
         let arena = MemoryPlanner.plan(Array(requests.values), alignment: arenaAlignment)

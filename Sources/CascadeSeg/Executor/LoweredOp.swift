@@ -45,4 +45,16 @@ enum LoweredOp {
         default: return false
         }
     }
+
+    /// Device bytes of the weights this node holds.
+    var deviceBytes: Int {
+        switch self {
+        case .conv(let c): return c.weights.byteCount + c.bias.byteCount
+        case .norm(let n): return n.scale.byteCount + n.bias.byteCount
+        case .channelAffine(let scale, let shift): return scale.byteCount + shift.byteCount
+        case .prelu(let slope, _): return slope.byteCount
+        case .binary(_, let constant, _, _): return constant?.byteCount ?? 0
+        default: return 0
+        }
+    }
 }

@@ -3,21 +3,35 @@
 /// Loading optimizes the graph (BatchNorm folding, activation fusion), picks a kernel for each
 /// node and uploads the weights in the layout that kernel reads. Running plans the activations
 /// into one arena (liveness-based, in place where safe), launches the kernels in order and
-/// reports the exact peak of device memory.
+/// reports the exact peak of device memory. Under a memory budget the whole-tensor plan may not
+/// fit: the run then streams (`TiledRun.swift`), and the device weights are released so that
+/// each node uploads only its own.
 public final class Network {
     public let graph: Graph
     public let context: ComputeContext
     public let tuning: DeviceTuning
-    /// Bytes of device memory the uploaded weights hold for as long as the network lives.
+    /// Bytes of device memory the weights hold while they are resident (all of them uploaded).
     public private(set) var weightBytes = 0
     public private(set) var parameterCount = 0
 
     let order: [Node]
     let constantShapes: [String: [Int]]
+    /// The optimized graph's weights, kept on the host so that they can be uploaded again after
+    /// a streamed run released them, or node by node.
+    let hostWeights: [String: Tensor]
+    /// Per node: may its output share its first input's storage; groups of a normalization.
+    /// (What planning needs to know, without holding device buffers.)
+    let runsInPlace: [Bool]
+    let normGroups: [Int?]
+    /// Device bytes of each node's weights (what a streamed run uploads for it).
+    let nodeWeightBytes: [Int]
+    /// Device form of every node while the weights are resident; empty after `releaseDeviceWeights`.
     var lowered: [LoweredOp] = []
 
+    /// `residentWeights: false` (for runs under a memory budget) validates every node against
+    /// its weights but keeps none on the device: runs upload what they need.
     public init(graph original: Graph, weights originalWeights: [String: Tensor], context: ComputeContext,
-                tuning: DeviceTuning? = nil) throws {
+                tuning: DeviceTuning? = nil, residentWeights: Bool = true) throws {
         let (graph, weights) = try GraphOptimizer.optimize(original, weights: originalWeights)
         self.graph = graph
         self.context = context
@@ -25,23 +39,49 @@ public final class Network {
         let constants = Set(weights.keys)
         order = try graph.validatedOrder(constants: constants)
         constantShapes = weights.mapValues(\.shape)
+        hostWeights = weights
         parameterCount = weights.values.reduce(0) { $0 + $1.count }
-        // Check every node against a probe shape, so attribute errors surface at load time.
-        lowered = try order.map { try lower($0, weights: weights) }
+        // Lowering every node checks its attributes against the weights, so errors surface at load time.
+        var lowered: [LoweredOp] = []
+        var inPlace: [Bool] = [], groups: [Int?] = [], bytes: [Int] = []
+        for node in order {
+            let op = try Self.lower(node, weights: weights, context: context, tuning: self.tuning)
+            inPlace.append(op.canRunInPlace)
+            groups.append({ if case .norm(let n) = op { return n.groups } else { return nil } }())
+            bytes.append(op.deviceBytes)
+            if residentWeights { lowered.append(op) }
+        }
+        (runsInPlace, normGroups, nodeWeightBytes) = (inPlace, groups, bytes)
+        self.lowered = lowered
+        weightBytes = bytes.reduce(0, +)
     }
 
     /// Convenience: stage `stage` (1-based) of a model file.
-    public convenience init(model: ModelFile, stage: Int = 1, context: ComputeContext, tuning: DeviceTuning? = nil) throws {
-        try self.init(graph: try model.stageGraph(stage), weights: model.weights, context: context, tuning: tuning)
+    public convenience init(model: ModelFile, stage: Int = 1, context: ComputeContext, tuning: DeviceTuning? = nil,
+                            residentWeights: Bool = true) throws {
+        try self.init(graph: try model.stageGraph(stage), weights: model.weights, context: context, tuning: tuning,
+                      residentWeights: residentWeights)
     }
 
-    private func upload(_ values: [Float], _ label: String) throws -> DeviceBuffer {
-        let buffer = try context.upload(values, label: label)
-        weightBytes += buffer.byteCount
-        return buffer
+    /// Whether all weights are on the device now.
+    public var weightsResident: Bool { !lowered.isEmpty || order.isEmpty }
+
+    /// Frees the device copies of the weights; the next whole-tensor run uploads them again.
+    public func releaseDeviceWeights() { lowered = [] }
+
+    /// Uploads all weights if a streamed run released them.
+    func ensureDeviceWeights() throws {
+        guard lowered.isEmpty else { return }
+        lowered = try order.map { try Self.lower($0, weights: hostWeights, context: context, tuning: tuning) }
     }
 
-    private func constant(_ name: String?, in weights: [String: Tensor], node: Node) throws -> Tensor {
+    /// The device form of one node, its weights uploaded (for streamed runs, node by node).
+    func lowerNode(_ index: Int) throws -> LoweredOp {
+        if !lowered.isEmpty { return lowered[index] }
+        return try Self.lower(order[index], weights: hostWeights, context: context, tuning: tuning)
+    }
+
+    private static func constant(_ name: String?, in weights: [String: Tensor], node: Node) throws -> Tensor {
         guard let name, let t = weights[name] else {
             throw CascadeSegError.invalidGraph("node '\(node.name)' (\(node.op.rawValue)) needs a weight tensor as input, got '\(name ?? "")'")
         }
@@ -49,12 +89,21 @@ public final class Network {
     }
 
     func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int, vectors: Int? = nil) throws -> CompiledProgram {
+        try Self.convProgram(blockSize: blockSize, kernelWidth: kernelWidth, strideX: strideX, vectors: vectors, context: context, tuning: tuning)
+    }
+
+    static func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int, vectors: Int? = nil,
+                            context: ComputeContext, tuning: DeviceTuning) throws -> CompiledProgram {
         try context.program("conv3d.cl", defines: ["KB": "\(blockSize)", "XV": "\(tuning.convXV)", "XN": "\(vectors ?? tuning.convXN)",
                                                    "KX": "\(kernelWidth)", "SX": "\(strideX)",
                                                    "TX": "\(tuning.convTileBlocks)", "CC": "\(tuning.convChannelChunk)"])
     }
 
-    private func lower(_ node: Node, weights: [String: Tensor]) throws -> LoweredOp {
+    private static func lower(_ node: Node, weights: [String: Tensor], context: ComputeContext, tuning: DeviceTuning) throws -> LoweredOp {
+        func upload(_ values: [Float], _ label: String) throws -> DeviceBuffer { try context.upload(values, label: label) }
+        func convProgram(blockSize: Int, kernelWidth: Int, strideX: Int, vectors: Int? = nil) throws -> CompiledProgram {
+            try Self.convProgram(blockSize: blockSize, kernelWidth: kernelWidth, strideX: strideX, vectors: vectors, context: context, tuning: tuning)
+        }
         switch node.op {
         case .conv, .convTranspose:
             let w = try constant(node.input(1), in: weights, node: node)

@@ -17,17 +17,33 @@ public struct RunResult: Sendable {
 }
 
 extension Network {
-    /// Runs the graph on one input (1 x C x D x H x W, or C x D x H x W). With a
-    /// `memoryBudget` (bytes), the device never holds more than that at once: weights included.
+    /// Runs the graph on one input (1 x C x D x H x W, or C x D x H x W).
+    ///
+    /// With a `memoryBudget` (bytes) the device never holds more than that at once, counting
+    /// everything the context holds (other networks' weights included): the whole-tensor plan
+    /// when it fits, else a streamed run in tiles (`TiledRun.swift`), which gives the same
+    /// labels (logits within float rounding of the normalizations' statistics). A budget too
+    /// small for any tiling is refused before any work, naming the minimum. A network run under
+    /// a budget releases its device weights afterwards, so that it holds nothing between runs.
     public func run(_ input: Tensor, memoryBudget: Int? = nil, profile: Bool = false) throws -> RunResult {
         let shape = input.shape.count == 4 ? [1] + input.shape : input.shape
         if let bad = input.data.firstIndex(where: { !$0.isFinite }) {
             throw CascadeSegError.invalidInput("input value \(bad) is \(input.data[bad]) (NaN or infinite values are not accepted)")
         }
-        let plan = try self.plan(inputShape: shape)
-        if let memoryBudget, plan.peakBytes > memoryBudget {
-            throw CascadeSegError.budget("'\(graph.name)' on input \(shape) needs \(plan.peakBytes) bytes of device memory, over the budget of \(memoryBudget)")
+        guard let memoryBudget else { return try runWhole(input, shape: shape, profile: profile) }
+        guard memoryBudget > 0 else { throw CascadeSegError.usage("the memory budget must be positive, got \(memoryBudget)") }
+        defer { releaseDeviceWeights() }
+        let others = context.memory.liveBytes - (weightsResident ? weightBytes : 0)
+        if try plan(inputShape: shape).peakBytes <= memoryBudget - others {
+            return try runWhole(input, shape: shape, profile: profile)
         }
+        return try runTiled(input, shape: shape, budget: memoryBudget, profile: profile)
+    }
+
+    /// Runs with every tensor whole on the device, in one arena.
+    func runWhole(_ input: Tensor, shape: [Int], profile: Bool) throws -> RunResult {
+        try ensureDeviceWeights()
+        let plan = try self.plan(inputShape: shape)
         let start = DispatchTime.now()
         context.memory.resetPeak()
         var timings: [(String, OpType, Double)] = []
@@ -49,7 +65,7 @@ extension Network {
             for (i, node) in order.enumerated() {
                 let t0 = DispatchTime.now()
                 // Scratch views are cut from the arena itself: OpenCL has no sub-buffers of sub-buffers.
-                try execute(i, node: node, plan: plan, buffer: buffer, scratch: { offset, bytes in
+                try execute(lowered[i], node: node, shapes: plan.shapes, concatenatedInPlace: plan.concatenatedInPlace, buffer: buffer, scratch: { offset, bytes in
                     try self.context.view(of: arena, offset: ExecutionPlan.guardBytes + plan.arena.offsets[plan.scratchOf[i]!]! + offset, bytes: bytes)
                 })
                 if profile {
@@ -76,9 +92,11 @@ extension Network {
 
     // MARK: - Kernel launches
 
-    private func execute(_ index: Int, node: Node, plan: ExecutionPlan, buffer: (String) throws -> DeviceBuffer,
-                         scratch: (_ offset: Int, _ bytes: Int) throws -> DeviceBuffer) throws {
-        let outShape = plan.shapes[node.outputs[0]]!
+    /// Launches the kernels of one node. `shapes` gives the extents of the buffers `buffer`
+    /// returns (whole tensors, or the tiles of a streamed run).
+    func execute(_ op: LoweredOp, node: Node, shapes: [String: [Int]], concatenatedInPlace: Set<String>,
+                 buffer: (String) throws -> DeviceBuffer, scratch: (_ offset: Int, _ bytes: Int) throws -> DeviceBuffer) throws {
+        let outShape = shapes[node.outputs[0]]!
         let out = try buffer(node.outputs[0])
         func int(_ v: Int) -> KernelArgument { .int(Int32(v)) }
         func long(_ v: Int) -> [KernelArgument] { [.long(Int64(v))] }
@@ -93,9 +111,9 @@ extension Network {
         let count = outShape.reduce(1, *)
         let spatial = outShape[2] * outShape[3] * outShape[4]
 
-        switch lowered[index] {
+        switch op {
         case .conv(let c):
-            var xShape = plan.shapes[node.inputs[0]]!
+            var xShape = shapes[node.inputs[0]]!
             var outShape = outShape
             let x = try buffer(node.inputs[0])
             let p = c.params
@@ -132,7 +150,7 @@ extension Network {
             }
 
         case .pool(let p):
-            let xShape = plan.shapes[node.inputs[0]]!
+            let xShape = shapes[node.inputs[0]]!
             let program = try context.program("pool.cl")
             try context.launch(program, "pool3d", global: voxelGlobal(outShape), local: local,
                                [.buffer(try buffer(node.inputs[0])), .buffer(out)]
@@ -166,7 +184,7 @@ extension Network {
             let (act, alpha) = n.activation.kernelCode
             try context.launch(program, "norm_apply", global: [elementwiseGlobal(spatial)[0], outShape[1]], local: [tuning.elementwiseGroup, 1],
                                [.buffer(x), .buffer(out), .buffer(statsView), .buffer(n.scale), .buffer(n.bias)] + long(spatial)
-                               + [int(outShape[1] / n.groups), int(act), .float(alpha)])
+                               + [int(outShape[1] / n.groups), int(act), .float(alpha)] + long(0))
 
         case .channelAffine(let scale, let shift):
             try context.launch(try elementwiseProgram(), "channel_affine", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
@@ -185,19 +203,19 @@ extension Network {
         case .prelu(let slope, _):
             // The slope broadcasts as a scalar, per channel, or (shape inference allows it) at the full shape.
             let mode: Int
-            switch Broadcast.classify(plan.shapes[node.inputs[1]]!, against: outShape)! { case .scalar: mode = 0; case .perChannel: mode = 1; case .same: mode = 2 }
+            switch Broadcast.classify(shapes[node.inputs[1]]!, against: outShape)! { case .scalar: mode = 0; case .perChannel: mode = 1; case .same: mode = 2 }
             try context.launch(try elementwiseProgram(), "prelu", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],
                                [.buffer(try buffer(node.inputs[0])), .buffer(out), .buffer(slope)] + long(count) + long(spatial) + [int(mode)])
 
         case .binary(let isMul, let constant, let swapped, let activation):
             // The kernel reads `a` at full size and broadcasts `b`: a smaller first activation
             // (per channel or scalar) swaps the operands, as a constant first operand does.
-            let swap = swapped || (constant == nil && plan.shapes[node.inputs[0]]! != outShape)
+            let swap = swapped || (constant == nil && shapes[node.inputs[0]]! != outShape)
             let aName = swap ? node.inputs[1] : node.inputs[0]
             let bName = swap ? node.inputs[0] : node.inputs[1]
             let a = try buffer(aName)
             let b = try constant ?? buffer(bName)
-            let bShape = plan.shapes[bName] ?? constantShapes[bName]!
+            let bShape = shapes[bName] ?? constantShapes[bName]!
             let mode: Int
             switch Broadcast.classify(bShape, against: outShape)! { case .same: mode = 0; case .perChannel: mode = 1; case .scalar: mode = 2 }
             let (act, alpha) = activation.kernelCode
@@ -208,8 +226,8 @@ extension Network {
         case .concat:
             var offset = 0
             for input in node.inputs {
-                let n = plan.shapes[input]!.reduce(1, *)
-                if !plan.concatenatedInPlace.contains(input) {
+                let n = shapes[input]!.reduce(1, *)
+                if !concatenatedInPlace.contains(input) {
                     // A kernel, not clEnqueueCopyBuffer: some drivers (PoCL) copy on one thread.
                     try context.launch(try elementwiseProgram(), "copy_to_offset", global: elementwiseGlobal(n), local: [tuning.elementwiseGroup],
                                        [.buffer(try buffer(input)), .buffer(out)] + long(n) + long(offset))
@@ -218,7 +236,7 @@ extension Network {
             }
 
         case .resize(let r):
-            let xShape = plan.shapes[node.inputs[0]]!
+            let xShape = shapes[node.inputs[0]]!
             let scales = (0..<3).map { Float(r.scale(axis: $0, input: xShape[2 + $0], output: outShape[2 + $0])) }
             let transform: Int
             switch r.transform { case .halfPixel: transform = 0; case .alignCorners: transform = 1; case .asymmetric: transform = 2; case .pytorchHalfPixel: transform = 3 }
@@ -235,20 +253,20 @@ extension Network {
             }
 
         case .softmax, .argMax:
-            let xShape = plan.shapes[node.inputs[0]]!
-            let name = { if case .softmax = self.lowered[index] { return "softmax_channels" } else { return "argmax_channels" } }()
+            let xShape = shapes[node.inputs[0]]!
+            let name = { if case .softmax = op { return "softmax_channels" } else { return "argmax_channels" } }()
             try context.launch(try context.program("channelwise.cl"), name, global: [spatial], local: [local[0]],
                                [.buffer(try buffer(node.inputs[0])), .buffer(out), int(xShape[1])] + long(spatial))
 
         case .pad(let p):
-            let xShape = plan.shapes[node.inputs[0]]!
+            let xShape = shapes[node.inputs[0]]!
             let mode = p.mode == .constant ? 0 : p.mode == .reflect ? 1 : 2
             try context.launch(try context.program("layout.cl"), "pad3d", global: voxelGlobal(outShape), local: local,
                                [.buffer(try buffer(node.inputs[0])), .buffer(out)]
                                + (Array(xShape[2...]) + Array(outShape[2...]) + p.padsBegin).map(int) + [int(mode), .float(p.value)])
 
         case .slice(let s):
-            let xShape = plan.shapes[node.inputs[0]]!
+            let xShape = shapes[node.inputs[0]]!
             let resolved = try s.resolve(xShape)
             try context.launch(try context.program("layout.cl"), "slice5d", global: voxelGlobal(outShape), local: local,
                                [.buffer(try buffer(node.inputs[0])), .buffer(out)]

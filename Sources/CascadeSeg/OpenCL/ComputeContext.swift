@@ -155,6 +155,26 @@ public final class ComputeContext: @unchecked Sendable {
         }
     }
 
+    /// Writes `bytes` bytes from host memory at `source` into `buffer` at `offsetBytes` (blocking).
+    func upload(from source: UnsafeRawPointer, bytes: Int, to buffer: DeviceBuffer, offsetBytes: Int) throws {
+        precondition(offsetBytes + bytes <= buffer.byteCount)
+        guard bytes > 0 else { return }
+        try lock.locked {
+            try CLStatus.check(clEnqueueWriteBuffer(queue, buffer.mem, cl_bool(CL_TRUE), offsetBytes, bytes, source, 0, nil, nil),
+                               "uploading \(bytes) bytes")
+        }
+    }
+
+    /// Reads `bytes` bytes of `buffer` at `offsetBytes` into host memory at `destination` (blocking).
+    func download(_ buffer: DeviceBuffer, offsetBytes: Int, bytes: Int, into destination: UnsafeMutableRawPointer) throws {
+        precondition(offsetBytes + bytes <= buffer.byteCount)
+        guard bytes > 0 else { return }
+        try lock.locked {
+            try CLStatus.check(clEnqueueReadBuffer(queue, buffer.mem, cl_bool(CL_TRUE), offsetBytes, bytes, destination, 0, nil, nil),
+                               "downloading \(bytes) bytes")
+        }
+    }
+
     public func upload(_ values: [Float], label: String) throws -> DeviceBuffer {
         let buffer = try allocate(bytes: values.count * 4, label: label)
         try upload(values, to: buffer)
