@@ -9,7 +9,7 @@ enum BenchCommand {
         switch args.positionals {
         case ["kernels"]: try kernels(args)
         case ["unet"]: try unet(args)
-        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW] | --input X.nii.gz|X.npy] [--profile] [--save FILE.cseg]")
+        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW] | --input X.nii.gz|X.npy] [--memory-budget BYTES] [--profile] [--save FILE.cseg]")
         }
     }
 
@@ -57,11 +57,12 @@ enum BenchCommand {
             x = Tensor(shape: [1, 1] + size, data: (0..<size.reduce(1, *)).map { _ in rng.nextSigned() })
             inputDescription = "random \(size.map(String.init).joined(separator: "x"))"
         }
-        let network = try Network(graph: graph, weights: weights, context: context, tuning: try tuningOverrides(args, device: device))
+        let budget = try args.bytes("memory-budget")
+        let network = try Network(graph: graph, weights: weights, context: context, tuning: try tuningOverrides(args, device: device),
+                                  residentWeights: budget == nil)
         print("device: \(device.name)")
         print("network: nnU-Net-like 3D U-Net, features \(config.features), \(network.parameterCount) parameters (random weights)")
         print("input: \(inputDescription)")
-        let budget = try args["memory-budget"].map { _ in try args.int("memory-budget", default: 0) }
         _ = try network.run(x, memoryBudget: budget)  // warm-up: kernel compilation
         var times: [Double] = []
         var last: RunResult? = nil

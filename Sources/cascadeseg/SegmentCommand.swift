@@ -59,14 +59,14 @@ enum SegmentCommand {
         switch mode {
         case .cascade:
             let (one, two) = try CascadeSegmentation.stageIndices(of: model)
-            let stage1 = try Network(model: model, stage: one, context: context)
-            let stage2 = two == one ? stage1 : try Network(model: model, stage: two, context: context)
+            let stage1 = try Network(model: model, stage: one, context: context, residentWeights: budget == nil)
+            let stage2 = two == one ? stage1 : try Network(model: model, stage: two, context: context, residentWeights: budget == nil)
             let r = try CascadeSegmentation.segment(image, model: model, stage1: stage1, stage2: stage2,
                                                     options: .init(usePriors: !args.has("no-prior"), memoryBudget: budget, progress: progress))
             outcome = Outcome(labels: r.labels, stages: r.stages, rois: r.rois, peakDeviceBytes: r.peakDeviceBytes,
                               stage1MissedLabels: r.stage1MissedLabels, priorLabels: r.priorLabels)
         case .singleStage, .stage1Only:
-            let network = try Network(model: model, stage: stage, context: context)
+            let network = try Network(model: model, stage: stage, context: context, residentWeights: budget == nil)
             let r = try WholeVolumeSegmentation.segment(image, model: model, stageIndex: stage, network: network, memoryBudget: budget)
             let s = r.stageSize
             progress?("stage \(stage) over the whole image: grid \(s.x)x\(s.y)x\(s.z)" + (r.run.tiles > 1 ? ", \(r.run.tiles) tiles" : ""))

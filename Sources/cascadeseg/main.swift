@@ -8,7 +8,7 @@ usage: cascadeseg COMMAND [options]
 commands:
   devices                         list OpenCL devices
   info MODEL.cseg                 metadata, graphs, parameters and sizes of a model
-  run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--device D] [--profile]
+  run MODEL.cseg --input X.npy --output Y.npy [--stage 1|2] [--memory-budget BYTES] [--device D] [--profile]
                                   run one network on a float32 .npy tensor (1xCxDxHxW or CxDxHxW)
                                   or a NIfTI volume (z-scored, zero-padded to the network's multiple)
   segment MODEL.cseg INPUT.nii.gz -o OUTPUT.nii.gz [--single-stage | --stage1-only] [--no-prior]
@@ -17,7 +17,7 @@ commands:
                                   mode flag or a one-stage model); writes labels with the input's geometry
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak
-  bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--profile]
+  bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--memory-budget BYTES] [--profile]
                                   time and peak memory of a whole nnU-Net-like U-Net (random weights)
   tune [--device D]               find the fastest convolution block sizes and cache them
   convert --onnx NET.onnx -o NET.cseg [--weights float16] [--name N] [--labels 0=background,1=...]

@@ -92,6 +92,41 @@ final class CascadeReferenceTests: XCTestCase {
                     labels: "expected_labels_no_prior.nii.gz", margin: "expected_margin_no_prior.nii.gz", stage1: true)
     }
 
+    /// The cascade under device-memory budgets down to the smallest its networks allow: the same
+    /// labels as without a budget (and so as the reference), and a measured peak within budget.
+    func testCascadeUnderMemoryBudgetsMatchesTheReference() throws {
+        let loaded = try load()
+        let expected = try XCTUnwrap(loaded.expected["priors"] as? [String: Any])
+        let (free1, free2) = try networks(loaded.model)
+        let unbounded = try compare(loaded.model, free1, free2, usePriors: true, expected: expected, name: "unbounded",
+                                    labels: "expected_labels.nii.gz", margin: "expected_margin.nii.gz", stage1: false)
+        // The networks' inputs: the stage-1 grid padded to its multiple, and every ROI's input.
+        func input(_ size: SIMD3<Int>, multiple: [Int]) -> [Int] {
+            [1, 1] + zip([size.z, size.y, size.x], multiple).map { ($0 + $1 - 1) / $1 * $1 }
+        }
+        let minimum = max(try free1.minimumMemoryBudget(inputShape: input(unbounded.stage1Size, multiple: free1.graph.sizeMultiple)),
+                          try unbounded.rois.map { try free2.minimumMemoryBudget(inputShape: input($0.inputSize, multiple: [1, 1, 1])) }.max() ?? 0)
+        let context = free1.context
+        let (i1, i2) = try CascadeSegmentation.stageIndices(of: loaded.model)
+        free1.releaseDeviceWeights()
+        free2.releaseDeviceWeights()
+        for budget in [minimum, (minimum + unbounded.peakDeviceBytes) / 2] {
+            // Networks holding no weights between runs, so that the budget holds from the start;
+            // whatever else the device holds (nothing, unless other tests left something) counts on top.
+            let idle = context.memory.liveBytes
+            let stage1 = try Network(model: loaded.model, stage: i1, context: context, residentWeights: false)
+            let stage2 = try Network(model: loaded.model, stage: i2, context: context, residentWeights: false)
+            let result = try compare(loaded.model, stage1, stage2, usePriors: true, expected: expected, name: "budget \(budget)",
+                                     labels: "expected_labels.nii.gz", margin: "expected_margin.nii.gz", stage1: false,
+                                     memoryBudget: budget + idle)
+            XCTAssertEqual(result.labels, unbounded.labels, "budget \(budget): labels differ from the unbounded run")
+            XCTAssertLessThanOrEqual(result.peakDeviceBytes, budget + idle, "budget \(budget): measured peak over the budget")
+            if budget == minimum {
+                XCTAssertGreaterThan(result.stages.map(\.tiles).max() ?? 1, 1, "the smallest budget should tile")
+            }
+        }
+    }
+
     func testModelVariantsMatchTheReference() throws {
         let loaded = try load()
         let variants = try XCTUnwrap(loaded.expected["variants"] as? [[String: Any]])
@@ -186,11 +221,13 @@ final class CascadeReferenceTests: XCTestCase {
 
     /// Runs the cascade and compares it with one expected report (`expected.json`) and its label
     /// and margin maps; `stage1`: also the stored stage-1 label map (else its label counts).
+    @discardableResult
     func compare(_ model: ModelFile, _ network1: Network, _ network2: Network, usePriors: Bool, expected: [String: Any],
-                 name key: String, labels labelFile: String, margin marginFile: String, stage1 compareStage1Map: Bool) throws {
+                 name key: String, labels labelFile: String, margin marginFile: String, stage1 compareStage1Map: Bool,
+                 memoryBudget: Int? = nil) throws -> CascadeSegmentation.Result {
         let image = try load().image
         let result = try CascadeSegmentation.segment(image, model: model, stage1: network1, stage2: network2,
-                                                     options: .init(usePriors: usePriors))
+                                                     options: .init(usePriors: usePriors, memoryBudget: memoryBudget))
 
         // Stage 1: grid and labels.
         XCTAssertEqual(result.stage1Size, try xyz(expected["stage1_size"]), "\(key): stage-1 grid")
@@ -225,7 +262,7 @@ final class CascadeReferenceTests: XCTestCase {
         XCTAssertEqual(labels.voxels.count, count)
         XCTAssertEqual(margin.voxels.count, count)
         XCTAssertEqual(result.labels.count, count)
-        guard labels.voxels.count == count, margin.voxels.count == count, result.labels.count == count else { return }
+        guard labels.voxels.count == count, margin.voxels.count == count, result.labels.count == count else { return result }
         var hard: [String] = [], soft = 0, near = 0
         var confusion: [String: Int] = [:]
         for i in 0..<count {
@@ -252,5 +289,6 @@ final class CascadeReferenceTests: XCTestCase {
         var reference: [String: Int] = [:]
         for v in labels.voxels { reference[String(Int(v)), default: 0] += 1 }
         XCTAssertEqual(reference, counts, "\(key): \(labelFile) does not match expected.json")
+        return result
     }
 }

@@ -145,4 +145,28 @@ final class SegmentCommandTests: XCTestCase {
         XCTAssertEqual(r.stderr, "")
         XCTAssertTrue(FileManager.default.fileExists(atPath: output))
     }
+
+    /// Small budgets: the same labels as without a budget, tiles in the report, the peak within
+    /// the budget; a budget below the smallest tile is refused before any work, naming the minimum.
+    func testMemoryBudgetsKeepTheLabelsAndRefuseTheImpossible() throws {
+        let (free, _, freeOutput) = try segment(["--single-stage"])
+        XCTAssertEqual(free.status, 0, free.stderr)
+        let reference = try NiftiImage(contentsOf: freeOutput).voxels
+        let (refused, _, refusedOutput) = try segment(["--single-stage", "--memory-budget", "1K"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("give at least"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: refusedOutput), "a refused budget writes nothing")
+        // The least the single-stage run accepts is in the message: run at exactly that.
+        let minimum = try XCTUnwrap(refused.stderr.components(separatedBy: "give at least ").last?
+            .components(separatedBy: " bytes").first.flatMap { Int($0) }, refused.stderr)
+        for (mode, budget) in [("--single-stage", minimum), ("--single-stage", 2 * minimum)] {
+            let (r, json, output) = try segment([mode, "--memory-budget", "\(budget)"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let report = try XCTUnwrap(json)
+            XCTAssertLessThanOrEqual(try XCTUnwrap(report["peak_device_bytes"] as? Int), budget)
+            XCTAssertEqual(try NiftiImage(contentsOf: output).voxels, reference, "budget \(budget): labels differ")
+            let stages = try XCTUnwrap(report["stages"] as? [[String: Any]])
+            if budget == minimum { XCTAssertGreaterThan(stages[0]["tiles"] as? Int ?? 0, 1, "the minimum budget should tile") }
+        }
+    }
 }
