@@ -5,11 +5,14 @@ import Foundation
 /// measured FMA peak. Numbers, never assertions: benchmarks are not tests.
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
-        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only", "memory-budget"], flags: ["quick", "profile"])
-        switch args.positionals {
-        case ["kernels"]: try kernels(args)
-        case ["unet"]: try unet(args)
-        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW] | --input X.nii.gz|X.npy] [--memory-budget BYTES] [--profile] [--save FILE.cseg]")
+        let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only",
+                                                "memory-budget", "reference", "labels", "json"],
+                                 flags: ["quick", "profile", "skip-single-stage"])
+        switch args.positionals.first {
+        case "kernels" where args.positionals.count == 1: try kernels(args)
+        case "unet" where args.positionals.count == 1: try unet(args)
+        case "cascade": try BenchCascade.run(args)
+        default: throw CascadeSegError.usage("usage: cascadeseg bench kernels [--device D] [--quick] | bench unet [--base 32] [--size D[xHxW] | --input X.nii.gz|X.npy] [--memory-budget BYTES] [--profile] [--save FILE.cseg] | " + BenchCascade.usage.dropFirst("usage: cascadeseg ".count))
         }
     }
 

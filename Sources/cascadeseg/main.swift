@@ -19,6 +19,8 @@ commands:
                                   GFLOP/s of the convolution kernels against the device's FMA peak
   bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--memory-budget BYTES] [--profile]
                                   time and peak memory of a whole nnU-Net-like U-Net (random weights)
+  bench cascade MODEL.cseg IMAGE.nii.gz [--memory-budget BYTES] [--reference LABELS.nii.gz] [--json OUT]
+                                  cascade against single-stage on one image: time, peak memory, Dice
   tune [--device D]               find the fastest convolution block sizes and cache them
   convert --onnx NET.onnx -o NET.cseg [--weights float16] [--name N] [--labels 0=background,1=...]
                                   convert an ONNX network (exported from PyTorch) to a model file
