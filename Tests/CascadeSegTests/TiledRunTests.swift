@@ -118,4 +118,51 @@ final class TiledRunTests: XCTestCase {
         _ = try network.run(x)
         XCTAssertTrue(network.weightsResident)
     }
+
+    /// Normalizations where deferring them is not allowed or not simple: on the graph input, one
+    /// after another, two reading one convolution, one reaching the output through a Concat,
+    /// one feeding a Resize (run whole) and one feeding an elementwise Add with a pending operand.
+    func testNormalizationPlacementsUnderBudgets() throws {
+        var random = SplitMixRandom(seed: 21)
+        func values(_ n: Int, scale: Float = 0.5) -> [Float] { (0..<n).map { _ in Float(Int(random.next() % 2001) - 1000) / 1000 * scale } }
+        let c = 4
+        var weights: [String: Tensor] = [:]
+        func conv(_ name: String, _ input: String, _ output: String, cin: Int, cout: Int, k: Int = 3, stride: Int = 1) -> Node {
+            weights["\(name).w"] = Tensor(shape: [cout, cin, k, k, k], data: values(cout * cin * k * k * k))
+            weights["\(name).b"] = Tensor(shape: [cout], data: values(cout))
+            return Node(name: name, op: .conv, inputs: [input, "\(name).w", "\(name).b"], outputs: [output],
+                        attributes: ["kernel_shape": .ints([k, k, k]), "pads": .ints(Array(repeating: k / 2, count: 6)),
+                                     "strides": .ints([stride, stride, stride])])
+        }
+        func norm(_ name: String, _ input: String, _ output: String, channels: Int, groups: Int? = nil) -> Node {
+            weights["\(name).s"] = Tensor(shape: [channels], data: values(channels).map { $0 + 1 })
+            weights["\(name).b"] = Tensor(shape: [channels], data: values(channels))
+            if let groups {
+                return Node(name: name, op: .groupNormalization, inputs: [input, "\(name).s", "\(name).b"], outputs: [output],
+                            attributes: ["num_groups": .int(groups), "epsilon": .float(1e-5)])
+            }
+            return Node(name: name, op: .instanceNormalization, inputs: [input, "\(name).s", "\(name).b"], outputs: [output])
+        }
+        let nodes: [Node] = [
+            norm("n0", "x", "a", channels: 1),                                   // on the graph input
+            conv("c1", "a", "b", cin: 1, cout: c),
+            norm("n1", "b", "b1", channels: c),                                  // deferred
+            norm("n2", "b1", "b2", channels: c, groups: 2),                      // reads a deferred norm
+            norm("n3", "b", "b3", channels: c),                                  // second reader of c1
+            Node(name: "add", op: .add, inputs: ["b2", "b3"], outputs: ["s"]),
+            Node(name: "act", op: .leakyRelu, inputs: ["s"], outputs: ["t"], attributes: ["alpha": .float(0.1)]),
+            conv("down", "t", "d", cin: c, cout: c, k: 3, stride: 2),
+            norm("n4", "d", "d1", channels: c),                                  // deferred, read by a Resize
+            Node(name: "up", op: .resize, inputs: ["d1"], outputs: ["u"], attributes: ["mode": .string("linear"), "sizes": .ints([12, 10, 14])]),
+            conv("c2", "u", "e", cin: c, cout: c),
+            norm("n5", "e", "e1", channels: c),                                  // reaches the output via Concat
+            Node(name: "cat", op: .concat, inputs: ["e1", "t"], outputs: ["y"], attributes: ["axis": .int(1)]),
+        ]
+        let graph = Graph(name: "norms", inputs: [ValueInfo(name: "x", shape: [.fixed(1), .fixed(1), .symbol("D"), .symbol("H"), .symbol("W")])],
+                          outputs: [ValueInfo(name: "y", shape: [])], nodes: nodes)
+        let network = try Network(graph: graph, weights: weights, context: context)
+        var x = Tensor(zeros: [1, 1, 12, 10, 14])
+        x.data = values(x.data.count, scale: 3).map { $0 + 2 }
+        try checkBudgets(network, x, label: "normalization placements")
+    }
 }

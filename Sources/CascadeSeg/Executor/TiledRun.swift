@@ -33,11 +33,13 @@ extension Network {
             let out = node.outputs[0]
             switch node.op {
             case .instanceNormalization, .groupNormalization:
+                // The producer must be a device node that can gather the moments: not a
+                // normalization, not already gathering them for another reader.
                 guard let x = node.input(0), let p = producer[x], fusion.pending[x] == nil, !reachesOutput.contains(out),
-                      ![.concat, .identity].contains(order[p].op), !fusion.deferred.contains(p) else { continue }
+                      ![.concat, .identity].contains(order[p].op), normGroups[p] == nil, fusion.momentsFor[p] == nil else { continue }
                 fusion.deferred.insert(i)
                 fusion.pending[out] = [i]
-                if normGroups[p] == nil, fusion.momentsFor[p] == nil { fusion.momentsFor[p] = i }
+                fusion.momentsFor[p] = i
             case .concat, .identity:
                 let carried = node.inputs.flatMap { fusion.pending[$0] ?? [] }
                 if !carried.isEmpty { fusion.pending[out] = carried }
@@ -162,15 +164,16 @@ extension Network {
             let t0 = DispatchTime.now()
             let out = node.outputs[0]
             switch node.op {
+            case _ where fusion.deferred.contains(i):
+                // A deferred normalization: its readers apply it with the statistics its producer gathered.
+                var part = stream.host[node.inputs[0]]!.parts[0]
+                part.pending = PendingNormalization(node: i, stats: stream.moments[i]!.statistics(epsilon: normEpsilon(i)))
+                stream.host[out] = HostValue(parts: [part])
             case .identity:
                 stream.host[out] = stream.host[node.inputs[0]]!
             case .concat:
                 // Channel concatenation of NCDHW tensors (N = 1): the parts, one after another.
                 stream.host[out] = HostValue(parts: node.inputs.flatMap { stream.host[$0]!.parts })
-            case .instanceNormalization, .groupNormalization where fusion.deferred.contains(i):
-                var part = stream.host[node.inputs[0]]!.parts[0]
-                part.pending = PendingNormalization(node: i, stats: stream.moments[i]!.statistics(epsilon: normEpsilon(i)))
-                stream.host[out] = HostValue(parts: [part])
             default:
                 let op = try lowerNode(i)
                 if case .norm(let n) = op {
