@@ -4,7 +4,7 @@ DEBS := pocl-opencl-icd ocl-icd-opencl-dev opencl-headers libzstd-dev libnifti-d
 DATA_DEBS := mricron-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps data-deps build test demo bench fuzz tools clean
+.PHONY: deps data-deps build test demo bench fuzz tools clean train example
 
 # Installs the Debian packages the build and the OpenCL runtime need, only when missing.
 deps:
@@ -21,6 +21,31 @@ build: deps
 test: deps data-deps
 	swift build --build-tests
 	swift test
+	$(MAKE) --no-print-directory example
+
+# The C API (include/cascadeseg.h, libcseg.so) from C and from Python (ctypes): builds
+# Examples/c/segment.c against the debug library, segments the cascade test fixture with it and
+# with Examples/python/segment.py (when python3 is there), and checks that both label maps equal
+# the command-line tool's, byte for byte. The library is found at run time through the rpath.
+EXAMPLE_DIR := .build/example
+FIXTURE := Tests/CascadeSegTests/Fixtures/cascade
+# Any C compiler: the system's cc, else the clang that ships with the Swift toolchain.
+EXAMPLE_CC := $(or $(shell command -v cc 2>/dev/null),$(shell command -v clang 2>/dev/null),cc)
+example: deps
+	swift build
+	mkdir -p $(EXAMPLE_DIR)
+	$(EXAMPLE_CC) -std=c11 -Wall -Wextra -O2 -Iinclude Examples/c/segment.c -L.build/debug -lcseg \
+	  -Wl,-rpath,$(CURDIR)/.build/debug -o $(EXAMPLE_DIR)/segment
+	rm -f $(EXAMPLE_DIR)/labels_*.nii.gz
+	$(EXAMPLE_DIR)/segment $(FIXTURE)/cascade.cseg $(FIXTURE)/phantom.nii.gz $(EXAMPLE_DIR)/labels_c.nii.gz --device 0
+	.build/debug/cascadeseg segment $(FIXTURE)/cascade.cseg $(FIXTURE)/phantom.nii.gz -o $(EXAMPLE_DIR)/labels_cli.nii.gz --device 0 --quiet
+	cmp <(gzip -dc $(EXAMPLE_DIR)/labels_c.nii.gz) <(gzip -dc $(EXAMPLE_DIR)/labels_cli.nii.gz)
+	@echo "C API labels equal the command-line tool's"
+	@if command -v python3 >/dev/null; then \
+	  python3 Examples/python/segment.py $(FIXTURE)/cascade.cseg $(FIXTURE)/phantom.nii.gz $(EXAMPLE_DIR)/labels_py.nii.gz && \
+	  cmp <(gzip -dc $(EXAMPLE_DIR)/labels_py.nii.gz) <(gzip -dc $(EXAMPLE_DIR)/labels_cli.nii.gz) && \
+	  echo "Python (ctypes) labels equal the command-line tool's"; \
+	else echo "python3 not found: Examples/python/segment.py skipped"; fi
 
 clean:
 	rm -rf .build
@@ -60,3 +85,14 @@ fuzz: deps
 	mkdir -p .build/fuzz/corpus .build/fuzz/artifacts
 	.build/fuzz/release/FuzzModelReader .build/fuzz/corpus Tests/FuzzCorpus -dict=Tests/FuzzModelReader.dict \
 	  -max_total_time=$(FUZZ_TIME) -max_len=8192 -timeout=10 -artifact_prefix=.build/fuzz/artifacts/ -print_final_stats=1
+
+# Trains the two-stage deep grey matter model ModelZoo/brain-deepgrey.cseg on augmented copies of
+# the Colin27 T1 with the AAL labels (tools/train_cascade.py; model card in ModelZoo/README.md):
+# augmented copies under /tmp/cascadeseg-train, stage 1 (~25 min), stage 2 (~45 min), peak-memory
+# measurement, ONNX export, cascade config, `cascadeseg convert`. Runs at the lowest CPU priority.
+# `make train TRAIN_ARGS=--quick` is a smoke test of a few minutes (writes only under /tmp).
+TRAIN_ARGS ?=
+train: deps data-deps
+	swift build
+	tools/setup.sh
+	nice -n 19 tools/.venv/bin/python tools/train_cascade.py $(TRAIN_ARGS)

@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "CascadeSeg", targets: ["CascadeSeg"]),
         .executable(name: "cascadeseg", targets: ["cascadeseg"]),
+        // The C API (include/cascadeseg.h): libcseg.so / libcseg.dylib.
+        .library(name: "cseg", type: .dynamic, targets: ["CascadeSegC"]),
     ],
     targets: [
         // System libraries, each behind its own small module.
@@ -32,9 +34,11 @@ let package = Package(
                 path: "Sources/CascadeSeg",
                 plugins: ["EmbedKernels"]),
         .executableTarget(name: "cascadeseg", dependencies: ["CascadeSeg"], path: "Sources/cascadeseg"),
+        // The C API's implementation: `@_cdecl` functions over the Swift API, declared in include/cascadeseg.h.
+        .target(name: "CascadeSegC", dependencies: ["CascadeSeg"], path: "Sources/CascadeSegC"),
         // libFuzzer target for the model reader: `make fuzz`. A plain build gives a seed/replay tool.
         .executableTarget(name: "FuzzModelReader", dependencies: ["CascadeSeg"], path: "Sources/FuzzModelReader"),
-        .testTarget(name: "CascadeSegTests", dependencies: ["CascadeSeg"],
+        .testTarget(name: "CascadeSegTests", dependencies: ["CascadeSeg", "CascadeSegC"],
                     path: "Tests/CascadeSegTests",
                     resources: [.copy("Fixtures")]),
     ],

@@ -15,6 +15,10 @@ commands:
           [--memory-budget BYTES] [--overlay O.png] [--report R.json] [--device D] [--quiet]
                                   the two-stage cascade (or one network over the whole image with a
                                   mode flag or a one-stage model); writes labels with the input's geometry
+  segment MODEL.cseg --input-dir DIR --output-dir DIR [--shard I/N] [--devices D0,D1,...] [--summary S.json]
+          [mode flags, --memory-budget BYTES, --quiet as above]
+                                  every .nii/.nii.gz of a folder, the model loaded once; existing outputs
+                                  skipped; exit status = failed cases (docs/SCALING.md)
   bench kernels [--device D] [--quick]
                                   GFLOP/s of the convolution kernels against the device's FMA peak
   bench unet [--base 32] [--size N|DxHxW | --input X.nii.gz] [--memory-budget BYTES] [--profile]

@@ -73,12 +73,12 @@ final class OnnxConverterTests: XCTestCase {
         XCTAssertEqual(resize.inputs.count, 1, "the scales constant became an attribute")
     }
 
-    func testDynamoExportMatchesPyTorchWhenPresent() throws {
-        let path = Self.fixtures.appendingPathComponent("bn_interp_dynamo.onnx").path
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("no dynamo export (tools/make_onnx_fixtures.py needs onnxscript for dynamo=True)")
-        }
-        try checkAgainstPyTorch("bn_interp_dynamo")
+    func testDynamoExportMatchesPyTorch() throws {
+        // Written by torch.onnx.export(dynamo=True) at opset 18, with the exporter's per-node
+        // metadata kept.
+        let r = try checkAgainstPyTorch("bn_interp", file: "bn_interp_dynamo")
+        XCTAssertEqual(r.imported.opset, 18)
+        XCTAssertEqual(ops(r.model.graphs[0]), [.conv: 2, .relu: 1, .resize: 1, .maxPool: 1, .concat: 1, .batchNormalization: 1, .sigmoid: 1])
     }
 
     func testMiscOpsNetMatchesPyTorch() throws {
@@ -99,6 +99,64 @@ final class OnnxConverterTests: XCTestCase {
         XCTAssertEqual(slice.attributes["starts"], .ints([1]))
         XCTAssertEqual(slice.attributes["ends"], .ints([Int(Int32.max)]))
         XCTAssertEqual(g.nodes.count, 16, "shape subgraphs and constants are folded away")
+    }
+
+    // MARK: - Networks as users build them (nnU-Net's dynamic-network-architectures, MONAI)
+
+    /// Every export of `name` that tools/make_onnx_fixtures.py wrote: the TorchScript-based
+    /// exporter at opsets 17 and 18 and, where it worked, the dynamo exporter at 18 and 17.
+    /// All of them share the network's stored inputs and PyTorch outputs.
+    func checkExports(_ name: String, suffixes: [String] = ["", "_op18", "_dynamo", "_dynamo_op17"], nodes: [OpType: Int],
+                      sizeMultiple: [Int], file: StaticString = #filePath, line: UInt = #line) throws {
+        for f in suffixes.map({ name + $0 }) {
+            let r = try checkAgainstPyTorch(name, file: f)
+            let g = r.model.graphs[0]
+            XCTAssertEqual(r.imported.opset, f.hasSuffix("op18") || f.hasSuffix("_dynamo") ? 18 : 17, f, file: file, line: line)
+            XCTAssertEqual(ops(g), nodes, f, file: file, line: line)
+            XCTAssertEqual(g.sizeMultiple, sizeMultiple, f, file: file, line: line)
+            XCTAssertEqual(g.input.shape, [.fixed(1), .fixed(1), .symbol("D"), .symbol("H"), .symbol("W")], f, file: file, line: line)
+            XCTAssertEqual(g.outputs[0].shape, [.fixed(1), .fixed(3), .symbol("D"), .symbol("H"), .symbol("W")], f, file: file, line: line)
+        }
+    }
+
+    func testNnUNetPlainConvUNetMatchesPyTorch() throws {
+        // Anisotropic: kernels (1, 3, 3) and strides (1, 2, 2), so D may be odd.
+        try checkExports("nnunet_plain", nodes: [.conv: 11, .instanceNormalization: 10, .leakyRelu: 10, .convTranspose: 2, .concat: 2],
+                         sizeMultiple: [1, 4, 4])
+    }
+
+    func testNnUNetResidualEncoderUNetMatchesPyTorch() throws {
+        // Stem, BasicBlockD with AvgPool + 1x1x1 conv on the strided skip paths.
+        try checkExports("nnunet_resenc", nodes: [.conv: 16, .instanceNormalization: 15, .leakyRelu: 13, .add: 5, .averagePool: 2,
+                                                  .convTranspose: 2, .concat: 2], sizeMultiple: [4, 4, 4])
+    }
+
+    func testMonaiUNetMatchesPyTorch() throws {
+        // Residual units, PReLU, ConvTranspose (k 3, s 2, padding 1, output_padding 1).
+        try checkExports("monai_unet", nodes: [.conv: 11, .instanceNormalization: 9, .prelu: 9, .add: 5, .concat: 2, .convTranspose: 2],
+                         sizeMultiple: [4, 4, 4])
+        let g = try OnnxConverter.convert(contentsOf: Self.fixtures.appendingPathComponent("monai_unet.onnx").path).model.graphs[0]
+        XCTAssertTrue(g.nodes.contains { $0.op == .convTranspose && $0.attributes["output_padding"] == .ints([1, 1, 1]) })
+    }
+
+    func testMonaiBasicUNetMatchesPyTorch() throws {
+        // Its UpCat pads only where the traced sizes differed: the TorchScript exporter writes
+        // Pads of zeros. The dynamo exporter cannot write its Pad at opset 17 (no opset 17 file).
+        try checkExports("monai_basicunet", suffixes: ["", "_op18", "_dynamo"], nodes: [.conv: 19, .instanceNormalization: 18, .leakyRelu: 18, .maxPool: 4,
+                                                    .convTranspose: 4, .concat: 4], sizeMultiple: [16, 16, 16])
+    }
+
+    func testMonaiSegResNetMatchesPyTorch() throws {
+        // GroupNorm export pattern (Reshape -> InstanceNormalization -> Reshape -> Mul -> Add)
+        // and trilinear upsampling by 2.
+        try checkExports("monai_segresnet", nodes: [.conv: 18, .groupNormalization: 13, .relu: 13, .add: 8, .resize: 2],
+                         sizeMultiple: [4, 4, 4])
+    }
+
+    func testMonaiDynUNetMatchesPyTorch() throws {
+        // Residual blocks, strides (2, 2, 1): W may be odd.
+        try checkExports("monai_dynunet", nodes: [.conv: 14, .instanceNormalization: 13, .leakyRelu: 10, .add: 3, .concat: 2,
+                                                  .convTranspose: 2], sizeMultiple: [4, 4, 1])
     }
 
     // MARK: - Small ONNX models built here
@@ -149,6 +207,44 @@ final class OnnxConverterTests: XCTestCase {
         m.nodes[2].attributes = [.ints("perm", [0, 1, 2, 3, 4])]
         let message = try conversionError(m.bytes)
         XCTAssertTrue(message.contains("Transpose (nodes 't1', 't2')"), message)
+    }
+
+    /// MONAI's BasicUNet pads the upsampled tensor only where the traced sizes differed, so
+    /// the TorchScript exporter writes Pads of zeros; they become renames.
+    func testPadOfZerosIsDropped() throws {
+        var m = OnnxTestModel.conv1x1(weight: .init(name: "w", dims: [2, 1, 1, 1, 1], dataType: 1, floatData: [1, 2]))
+        m.initializers.append(.init(name: "zeros", dims: [10], dataType: 7, raw: [Int64](repeating: 0, count: 10).flatMap(\.littleEndianBytes)))
+        m.initializers.append(.init(name: "ones", dims: [10], dataType: 7, raw: [Int64](repeating: 0, count: 10).enumerated()
+            .map { $0.offset >= 2 && $0.offset != 5 && $0.offset != 6 ? Int64(1) : 0 }.flatMap(\.littleEndianBytes)))
+        m.nodes += [
+            .init(op: "Pad", name: "pad_zero", inputs: ["y", "zeros"], outputs: ["p"], attributes: [.string("mode", "edge")]),
+            .init(op: "Relu", name: "relu", inputs: ["p"], outputs: ["z"]),
+        ]
+        m.outputs = [("z", 2)]
+        let r = try OnnxConverter.convert(bytes: m.bytes)
+        XCTAssertEqual(r.model.graphs[0].nodes.map(\.op), [.conv, .relu])
+        XCTAssertEqual(r.model.graphs[0].nodes[1].inputs, ["y"])
+        XCTAssertTrue(r.imported.notes.contains { $0.contains("'pad_zero' pads nothing") }, "\(r.imported.notes)")
+        // A Pad that pads is kept.
+        m.nodes[m.nodes.count - 2].inputs = ["y", "ones"]
+        let kept = try OnnxConverter.convert(bytes: m.bytes).model.graphs[0]
+        XCTAssertEqual(kept.nodes.map(\.op), [.conv, .pad, .relu])
+        XCTAssertEqual(kept.nodes[1].attributes["pads"], .ints([1, 1, 1, 1, 1, 1]))
+    }
+
+    /// The dynamo exporter names an axis declared as a multiple of 4 `4*_D`: such expressions
+    /// become plain D, H, W symbols (without tying two axes together).
+    func testDimensionExpressionsBecomePlainSymbols() throws {
+        var m = OnnxTestModel.conv1x1(weight: .init(name: "w", dims: [2, 1, 1, 1, 1], dataType: 1, floatData: [1, 2]))
+        m.inputShape = [.value(1), .value(1), .param("4*_D"), .param("16*s1"), .param("W")]
+        let g = try OnnxConverter.convert(bytes: m.bytes).model.graphs[0]
+        XCTAssertEqual(g.input.shape, [.fixed(1), .fixed(1), .symbol("D"), .symbol("H"), .symbol("W")])
+        XCTAssertEqual(g.outputs[0].shape, [.fixed(1), .fixed(2), .symbol("D"), .symbol("H"), .symbol("W")])
+        m.inputShape = [.value(1), .value(1), .param("2*_D"), .param("D"), .param("")]
+        let tied = try OnnxConverter.convert(bytes: m.bytes).model.graphs[0]
+        XCTAssertEqual(tied.input.shape, [.fixed(1), .fixed(1), .symbol("D_0"), .symbol("D"), .symbol("W")])
+        XCTAssertTrue(OnnxImporter.isPlainSymbol("batch_size2"))
+        for bad in ["", "2D", "4*_D", "s0 + 1", "ä"] { XCTAssertFalse(OnnxImporter.isPlainSymbol(bad), bad) }
     }
 
     func testUnsupportedOperatorsAreListedWithNodeNames() throws {

@@ -23,11 +23,16 @@ public enum CascadeSegmentation {
         public var memoryBudget: Int? = nil
         /// Called with one line per step (stage 1's grid, each stage-2 ROI), for a progress display.
         public var progress: (@Sendable (String) -> Void)? = nil
+        /// Checked before stage 1 and before each stage-2 ROI; once cancelled, the segmentation
+        /// throws `CascadeSegError.cancelled` at the next check.
+        public var cancellation: CancellationToken? = nil
 
-        public init(usePriors: Bool = true, memoryBudget: Int? = nil, progress: (@Sendable (String) -> Void)? = nil) {
+        public init(usePriors: Bool = true, memoryBudget: Int? = nil, progress: (@Sendable (String) -> Void)? = nil,
+                    cancellation: CancellationToken? = nil) {
             self.usePriors = usePriors
             self.memoryBudget = memoryBudget
             self.progress = progress
+            self.cancellation = cancellation
         }
     }
 
@@ -104,6 +109,7 @@ public enum CascadeSegmentation {
         let imageSize = normalized.size
 
         // 2. Stage 1 over the whole image.
+        try options.cancellation?.check("before stage 1")
         let s1 = try WholeVolumeSegmentation.segmentStage(normalized, model: model, stageIndex: index1, network: stage1, memoryBudget: budget)
         peak = max(peak, s1.run.peakDeviceBytes)
         let stage1Report = StageReport(stage: index1, seconds: s1.seconds, peakDeviceBytes: s1.run.peakDeviceBytes, grid: s1.size,
@@ -144,6 +150,7 @@ public enum CascadeSegmentation {
         var paste = ROIPaste(size: imageSize)
         var peak2 = 0, tiles2 = 1, largest = SIMD3<Int>.zero
         for (i, roi) in rois.enumerated() {
+            try options.cancellation?.check("before stage-2 ROI \(i + 1) of \(rois.count)")
             var input = normalized.cropped(to: roi.box)
             if roi.stage2Size != roi.box.size { input = Resampler.resample(input, toSize: roi.stage2Size) }
             let output = try StageRun.run(input, paddedTo: roi.inputSize, network: stage2, memoryBudget: budget)

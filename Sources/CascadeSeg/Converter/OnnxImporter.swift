@@ -167,11 +167,28 @@ public final class OnnxImporter {
             case .value(let v):
                 guard v >= 1, v <= 1 << 16 else { throw CascadeSegError.invalidGraph("ONNX input '\(input.name)' has spatial size \(v)") }
                 dims.append(.fixed(Int(v)))
-            case .param(let p) where !p.isEmpty: dims.append(.symbol(p))
-            default: dims.append(.symbol(names[i - 2]))
+            case .param(let p) where Self.isPlainSymbol(p): dims.append(.symbol(p))
+            default:
+                dims.append(.symbol(names[i - 2]))
+            }
+        }
+        // A plain name that another axis also uses for a different size would tie the two.
+        for i in 2..<5 {
+            if case .param(let p) = shape[i], Self.isPlainSymbol(p) { continue }
+            if case .symbol(let s) = dims[i], dims.enumerated().contains(where: { $0.offset != i && $0.element == .symbol(s) }) {
+                dims[i] = .symbol("\(s)_\(i - 2)")
             }
         }
         return dims
+    }
+
+    /// A dim_param usable as a size symbol: an identifier. Exporters also write expressions
+    /// (the dynamo exporter's `4*_D` for a size declared as a multiple of 4); those axes get
+    /// the plain names D, H, W.
+    static func isPlainSymbol(_ p: String) -> Bool {
+        guard let first = p.unicodeScalars.first, p.unicodeScalars.count <= 64,
+              first == "_" || (first.isASCII && first.properties.isAlphabetic) else { return false }
+        return p.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
     }
 
     /// Nodes in an order where every value is defined before it is read (ONNX requires files
@@ -430,7 +447,7 @@ public final class OnnxImporter {
             for axis in 2..<5 {
                 if s[axis] == probe[axis], case .symbol = inputShape[axis] { dims.append(inputShape[axis]) }
                 else if case .value(let v)? = declared?.count == 5 ? declared?[axis] : nil { dims.append(.fixed(Int(v))) }
-                else if case .param(let p)? = declared?.count == 5 ? declared?[axis] : nil, !p.isEmpty { dims.append(.symbol(p)) }
+                else if case .param(let p)? = declared?.count == 5 ? declared?[axis] : nil, Self.isPlainSymbol(p) { dims.append(.symbol(p)) }
                 else { dims.append(.symbol("\(["D", "H", "W"][axis - 2])_\(name)")) }
             }
             return ValueInfo(name: name, shape: dims)

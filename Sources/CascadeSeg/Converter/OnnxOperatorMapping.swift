@@ -452,6 +452,11 @@ extension OnnxImporter {
         }
         guard full[0] == 0, full[1] == 0, full[5] == 0, full[6] == 0 else { throw fail("only the spatial axes may be padded, pads are \(full)") }
         guard full.allSatisfy({ $0 >= 0 }) else { throw fail("negative pads (cropping) are not supported, pads are \(full)") }
+        if full.allSatisfy({ $0 == 0 }) {
+            // A Pad that pads nothing (MONAI's UpCat when the traced sizes matched): a rename.
+            notes.append("Pad '\(n.name)' pads nothing and was dropped")
+            return makeAlias(out, of: x)
+        }
         var attrs: [String: AttributeValue] = ["pads": .ints(Array(full[2..<5]) + Array(full[7..<10])), "mode": .string(mode)]
         if mode == "constant", value != 0 { attrs["value"] = .float(Self.decimal(Float(value))) }
         emit(Node(name: n.name, op: .pad, inputs: [x], outputs: [out], attributes: attrs), activation(x)!)

@@ -18,6 +18,9 @@ public enum CascadeSegError: Error, CustomStringConvertible, Equatable {
     case io(String)
     /// Command-line usage errors.
     case usage(String)
+    /// The caller cancelled the work (`CancellationToken.cancel()`) before it finished; the
+    /// string says where it stopped. Nothing was written.
+    case cancelled(String)
 
     public var description: String {
         switch self {
@@ -30,6 +33,7 @@ public enum CascadeSegError: Error, CustomStringConvertible, Equatable {
         case .budget(let m): return "memory budget: \(m)"
         case .io(let m): return "I/O error: \(m)"
         case .usage(let m): return m
+        case .cancelled(let m): return "cancelled: \(m)"
         }
     }
 }

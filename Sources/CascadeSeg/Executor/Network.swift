@@ -27,6 +27,9 @@ public final class Network {
     let nodeWeightBytes: [Int]
     /// Device form of every node while the weights are resident; empty after `releaseDeviceWeights`.
     var lowered: [LoweredOp] = []
+    /// Serializes runs: a run may upload or release the device weights (`lowered`). Networks
+    /// are otherwise independent, so two networks on one device run concurrently.
+    let runLock = Lock()
 
     /// `residentWeights: false` (for runs under a memory budget) validates every node against
     /// its weights but keeps none on the device: runs upload what they need.
@@ -67,7 +70,10 @@ public final class Network {
     public var weightsResident: Bool { !lowered.isEmpty || order.isEmpty }
 
     /// Frees the device copies of the weights; the next whole-tensor run uploads them again.
-    public func releaseDeviceWeights() { lowered = [] }
+    public func releaseDeviceWeights() { runLock.locked { dropDeviceWeights() } }
+
+    /// `releaseDeviceWeights` for code already inside a run.
+    func dropDeviceWeights() { lowered = [] }
 
     /// Uploads all weights if a streamed run released them.
     func ensureDeviceWeights() throws {

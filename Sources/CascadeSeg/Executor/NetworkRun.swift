@@ -26,13 +26,18 @@ extension Network {
     /// small for any tiling is refused before any work, naming the minimum. A network run under
     /// a budget releases its device weights afterwards, so that it holds nothing between runs.
     public func run(_ input: Tensor, memoryBudget: Int? = nil, profile: Bool = false) throws -> RunResult {
+        // One run at a time per network: a run swaps the device weights in and out.
+        try runLock.locked { try runLocked(input, memoryBudget: memoryBudget, profile: profile) }
+    }
+
+    private func runLocked(_ input: Tensor, memoryBudget: Int?, profile: Bool) throws -> RunResult {
         let shape = input.shape.count == 4 ? [1] + input.shape : input.shape
         if let bad = input.data.firstIndex(where: { !$0.isFinite }) {
             throw CascadeSegError.invalidInput("input value \(bad) is \(input.data[bad]) (NaN or infinite values are not accepted)")
         }
         guard let memoryBudget else { return try runWhole(input, shape: shape, profile: profile) }
         guard memoryBudget > 0 else { throw CascadeSegError.usage("the memory budget must be positive, got \(memoryBudget)") }
-        defer { releaseDeviceWeights() }
+        defer { dropDeviceWeights() }
         let others = context.memory.liveBytes - (weightsResident ? weightBytes : 0)
         if try plan(inputShape: shape).peakBytes <= memoryBudget - others {
             return try runWhole(input, shape: shape, profile: profile)
@@ -45,7 +50,8 @@ extension Network {
         try ensureDeviceWeights()
         let plan = try self.plan(inputShape: shape)
         let start = DispatchTime.now()
-        context.memory.resetPeak()
+        let window = context.memory.openWindow()
+        defer { context.memory.close(window) }
         var timings: [(String, OpType, Double)] = []
         var outputs: [String: Tensor] = [:]
         do {
@@ -80,7 +86,7 @@ extension Network {
             try context.finish()
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        return RunResult(outputs: outputs, peakDeviceBytes: context.memory.peakBytes, plannedPeakBytes: plan.peakBytes,
+        return RunResult(outputs: outputs, peakDeviceBytes: window.peak, plannedPeakBytes: plan.peakBytes,
                          seconds: seconds, profile: timings)
     }
 

@@ -145,14 +145,15 @@ extension Network {
         let shapes = try ShapeInference.infer(graph: graph, order: order, inputShape: shape, constants: constantShapes)
         let fusion = streamFusion()
         let steps = try tileSteps(shapes: shapes, fusion: fusion)
-        releaseDeviceWeights()
+        dropDeviceWeights()
         let others = context.memory.liveBytes
         guard others < budget else {
             throw CascadeSegError.budget("the device already holds \(others) bytes, leaving nothing of the \(budget)-byte budget for '\(graph.name)'")
         }
         let tilings = try TilePlanner.plan(steps, budget: budget - others)
         let start = DispatchTime.now()
-        context.memory.resetPeak()
+        let window = context.memory.openWindow()
+        defer { context.memory.close(window) }
         var timings: [(String, OpType, Double)] = []
 
         var stream = Stream(host: [graph.input.name: HostValue(parts: [.init(data: input.data, channels: shape[1])])])
@@ -195,7 +196,7 @@ extension Network {
             outputs[o.name] = Tensor(shape: shapes[o.name]!, data: value.parts.count == 1 ? value.parts[0].data : value.parts.flatMap(\.data))
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        return RunResult(outputs: outputs, peakDeviceBytes: context.memory.peakBytes,
+        return RunResult(outputs: outputs, peakDeviceBytes: window.peak,
                          plannedPeakBytes: others + (tilings.map(\.peakBytes).max() ?? 0),
                          seconds: seconds, profile: timings, tiles: tilings.map(\.tileCount).max() ?? 1)
     }
