@@ -127,6 +127,33 @@ final class CascadeReferenceTests: XCTestCase {
         }
     }
 
+    /// A budget stage 1 fits in but no tiling of some ROI does: refused before stage 2 runs.
+    func testBudgetTooSmallForStage2IsRefusedBeforeStage2() throws {
+        let loaded = try load()
+        let (free1, free2) = try networks(loaded.model)
+        let unbounded = try CascadeSegmentation.segment(loaded.image, model: loaded.model, stage1: free1, stage2: free2)
+        func padded(_ size: SIMD3<Int>, _ multiple: [Int]) -> [Int] {
+            [1, 1] + zip([size.z, size.y, size.x], multiple).map { ($0 + $1 - 1) / $1 * $1 }
+        }
+        let minimum1 = try free1.minimumMemoryBudget(inputShape: padded(unbounded.stage1Size, free1.graph.sizeMultiple))
+        let minimum2 = try unbounded.rois.map { try free2.minimumMemoryBudget(inputShape: padded($0.inputSize, [1, 1, 1])) }.max() ?? 0
+        XCTAssertGreaterThan(minimum2, minimum1, "the fixture's stage 2 needs more than its stage 1")
+        free1.releaseDeviceWeights()
+        free2.releaseDeviceWeights()
+        let idle = free1.context.memory.liveBytes
+        let (i1, i2) = try CascadeSegmentation.stageIndices(of: loaded.model)
+        let stage1 = try Network(model: loaded.model, stage: i1, context: free1.context, residentWeights: false)
+        let stage2 = try Network(model: loaded.model, stage: i2, context: free1.context, residentWeights: false)
+        let lines = LineCollector()
+        XCTAssertThrowsError(try CascadeSegmentation.segment(loaded.image, model: loaded.model, stage1: stage1, stage2: stage2,
+                                                             options: .init(memoryBudget: idle + minimum1, progress: { lines.add($0) }))) { error in
+            guard case CascadeSegError.budget(let message) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(message.contains("stage 2 needs") && message.contains("give at least \(idle + minimum2) bytes"), message)
+        }
+        XCTAssertTrue(lines.all.contains { $0.hasPrefix("stage 1") }, "stage 1 ran: \(lines.all)")
+        XCTAssertFalse(lines.all.contains { $0.hasPrefix("stage 2: ROI") }, "no stage-2 run may start: \(lines.all)")
+    }
+
     func testModelVariantsMatchTheReference() throws {
         let loaded = try load()
         let variants = try XCTUnwrap(loaded.expected["variants"] as? [[String: Any]])
@@ -291,4 +318,12 @@ final class CascadeReferenceTests: XCTestCase {
         XCTAssertEqual(reference, counts, "\(key): \(labelFile) does not match expected.json")
         return result
     }
+}
+
+/// Collects progress lines from any thread.
+final class LineCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func add(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
 }

@@ -144,6 +144,17 @@ public enum CascadeSegmentation {
         let planner = try ROIPlanner(cascade: cascade, imageSize: imageSize, imageSpacing: normalized.spacing, stage1Size: s1.size,
                                      stage2SpacingMM: model.metadata.stages[index2 - 1].spacingMM, sizeMultiple: stage2.graph.sizeMultiple)
         let rois = planner.plan(stage1Boxes: stage1Boxes, imageBoxes: priorBoxes)
+        if let budget {
+            // Refuse a budget no ROI tiling can meet before stage 2 starts, naming what it needs.
+            let held = stage2.context.memory.liveBytes - (stage2.weightsResident ? stage2.weightBytes : 0)
+            for roi in rois {
+                let needed = held + (try stage2.minimumMemoryBudget(inputShape: [1, model.metadata.input.channels,
+                                                                                 roi.inputSize.z, roi.inputSize.y, roi.inputSize.x]))
+                guard needed <= budget else {
+                    throw CascadeSegError.budget("a memory budget of \(budget) bytes is below the \(needed) bytes stage 2 needs for the ROI of labels \(roi.labels) (input \(text(roi.inputSize))) at its smallest tiles; give at least \(needed) bytes")
+                }
+            }
+        }
 
         // 6, 7. Stage 2 on each ROI, pasted in plan order.
         let start2 = DispatchTime.now()
