@@ -50,14 +50,19 @@ example: deps
 clean:
 	rm -rf .build
 
-# The best end-to-end job that exists today: a whole nnU-Net-sized 3D U-Net (16..256 channels,
-# random weights, so the point is speed and memory, not labels) on the Colin27 1 mm brain MRI
-# from mricron-data, printing the time and the peak device memory. About a minute on 2 cores.
+# The main job on real data: the two-stage deep grey matter model (ModelZoo/brain-deepgrey.cseg)
+# segments the Colin27 1 mm brain MRI from mricron-data and writes the label map, an overlay PNG
+# (axial, coronal, sagittal slices with labels and ROI boxes) and a JSON report under .build/demo,
+# printing per-structure volumes, time and peak device memory. A few seconds once built.
 DEMO_IMAGE := /usr/share/mricron/templates/ch2.nii.gz
+DEMO_DIR := .build/demo
 demo: deps data-deps
 	swift build -c release
 	.build/release/cascadeseg devices
-	.build/release/cascadeseg bench unet --base 16 --input $(DEMO_IMAGE) --repeat 1 --profile
+	mkdir -p $(DEMO_DIR)
+	.build/release/cascadeseg segment ModelZoo/brain-deepgrey.cseg $(DEMO_IMAGE) -o $(DEMO_DIR)/ch2_deepgrey.nii.gz \
+	  --overlay $(DEMO_DIR)/ch2_deepgrey.png --report $(DEMO_DIR)/ch2_deepgrey.json
+	@echo "label map, overlay and report in $(DEMO_DIR)/"
 
 # Benchmarks (numbers, not assertions): the convolution kernels alone, then the whole nnU-Net-like
 # 3D U-Net (32..320 channels, 17 classes) on CascadeSeg, ONNX Runtime and PyTorch on the same 2
