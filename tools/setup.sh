@@ -33,7 +33,7 @@ else
 fi
 
 missing=()
-for spec in numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime scipy:scipy nibabel:nibabel; do
+for spec in numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime scipy:scipy nibabel:nibabel matplotlib:matplotlib; do
   mod="${spec%%:*}"; pkg="${spec##*:}"
   if have "$mod"; then echo "setup: $pkg already installed"; else missing+=("$pkg"); fi
 done
