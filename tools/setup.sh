@@ -32,28 +32,25 @@ else
   fi
 fi
 
-missing=()
-for spec in numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime scipy:scipy nibabel:nibabel matplotlib:matplotlib; do
-  mod="${spec%%:*}"; pkg="${spec##*:}"
-  if have "$mod"; then echo "setup: $pkg already installed"; else missing+=("$pkg"); fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup: installing ${missing[*]} from PyPI"
-  "$py" -m pip install -q "${missing[@]}"
-fi
+# Installs, in one pip call, the packages of the `module:requirement` specs whose module is missing.
+install_missing() {
+  local missing=() spec mod pkg
+  for spec in "$@"; do
+    mod="${spec%%:*}"; pkg="${spec##*:}"
+    if have "$mod"; then echo "setup: $mod already installed"; else missing+=("$pkg"); fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]} from PyPI"
+    "$py" -m pip install -q "${missing[@]}"
+  fi
+}
+
+install_missing numpy:numpy zstandard:zstandard onnx:onnx onnxruntime:onnxruntime scipy:scipy nibabel:nibabel matplotlib:matplotlib
 
 # Networks for tools/make_onnx_fixtures.py. dynamic-network-architectures goes in without its
 # dependencies: its timm requirement pulls a torchvision built for another torch, which breaks
 # the CPU torch; only einops is needed for the U-Nets. monai keeps the installed torch.
-missing=()
-for spec in onnxscript:onnxscript==0.7.2 einops:einops==0.8.2 monai:monai==1.6.1; do
-  mod="${spec%%:*}"; pkg="${spec##*:}"
-  if have "$mod"; then echo "setup: $mod already installed"; else missing+=("$pkg"); fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup: installing ${missing[*]} from PyPI"
-  "$py" -m pip install -q "${missing[@]}"
-fi
+install_missing onnxscript:onnxscript==0.7.2 einops:einops==0.8.2 monai:monai==1.6.1
 if have dynamic_network_architectures; then
   echo "setup: dynamic-network-architectures already installed"
 else
@@ -63,7 +60,7 @@ fi
 
 "$py" - <<'PY'
 import importlib
-for m in ("torch", "numpy", "zstandard", "onnx", "onnxruntime", "scipy", "nibabel", "onnxscript", "einops",
+for m in ("torch", "numpy", "zstandard", "onnx", "onnxruntime", "scipy", "nibabel", "matplotlib", "onnxscript", "einops",
           "monai", "dynamic_network_architectures"):
     try:
         print(f"setup: {m} {getattr(importlib.import_module(m), '__version__', '(no version)')}")

@@ -291,6 +291,21 @@ def round_up(n, m=MULTIPLE):
 # =============================================================================================
 # Stage 1
 
+def start_stage(args, stage: int, net):
+    """The network (resumed from `--s{stage}-resume` if given: weights only, Adam restarts with a
+    warm-up), its first step, optimizer, time budget in seconds, checkpoint path and log file."""
+    step0 = 0
+    resume = getattr(args, f"s{stage}_resume")
+    if resume:
+        state = torch.load(resume)
+        net.load_state_dict(state["net"])
+        step0 = state["step"]
+        log(f"stage{stage}: resumed from {resume} at step {step0}")
+    opt = torch.optim.AdamW(net.parameters(), lr=getattr(args, f"s{stage}_lr"), weight_decay=1e-5)
+    budget = getattr(args, f"s{stage}_minutes") * 60
+    return net, step0, opt, budget, args.work / f"stage{stage}.pt", open(args.work / f"stage{stage}_log.jsonl", "a")
+
+
 def step_stage1(args) -> None:
     torch.manual_seed(1)
     rng = np.random.default_rng(1)
@@ -307,17 +322,7 @@ def step_stage1(args) -> None:
     w[0] = 1.0
     ce_weight = torch.tensor(w, dtype=torch.float32)
     log(f"stage1: {len(train)} training copies at {shape} (padded {full}), CE weights {np.round(w, 1).tolist()}")
-    net = UNet(STAGE1_CH)
-    step0 = 0
-    if args.s1_resume:  # continue from a checkpoint (weights only; Adam restarts with a warm-up)
-        state = torch.load(args.s1_resume)
-        net.load_state_dict(state["net"])
-        step0 = state["step"]
-        log(f"stage1: resumed from {args.s1_resume} at step {step0}")
-    opt = torch.optim.AdamW(net.parameters(), lr=args.s1_lr, weight_decay=1e-5)
-    budget = args.s1_minutes * 60
-    ckpt = args.work / "stage1.pt"
-    logf = open(args.work / "stage1_log.jsonl", "a")
+    net, step0, opt, budget, ckpt, logf = start_stage(args, 1, UNet(STAGE1_CH))
     t0 = time.time()
     step, last_ckpt, last_val = step0, t0, t0
     base_rss = rss_mb()
@@ -441,17 +446,7 @@ def step_stage2(args) -> None:
             sl = tuple(slice(lo[a], lo[a] + 64) for a in range(3))
             vcrops.append((k, np.asarray(X[n][sl], np.float32), np.asarray(L[n][sl], np.int64)))
 
-    net = UNet(STAGE2_CH)
-    step0 = 0
-    if args.s2_resume:  # continue from a checkpoint (weights only; Adam restarts with a warm-up)
-        state = torch.load(args.s2_resume)
-        net.load_state_dict(state["net"])
-        step0 = state["step"]
-        log(f"stage2: resumed from {args.s2_resume} at step {step0}")
-    opt = torch.optim.AdamW(net.parameters(), lr=args.s2_lr, weight_decay=1e-5)
-    budget = args.s2_minutes * 60
-    ckpt = args.work / "stage2.pt"
-    logf = open(args.work / "stage2_log.jsonl", "a")
+    net, step0, opt, budget, ckpt, logf = start_stage(args, 2, UNet(STAGE2_CH))
     t0 = time.time()
     step, last_ckpt, last_val = step0, t0, t0
     base_rss = rss_mb()
