@@ -98,6 +98,18 @@ extension Network {
 
     // MARK: - Kernel launches
 
+    /// `norm_apply`: y = (x - mean) * invstd * scale + bias, then the fused activation, for
+    /// `channels` channels of `spatial` values each, starting `offset` floats into x and y.
+    func launchNormApply(_ n: LoweredOp.Norm, program: CompiledProgram, x: DeviceBuffer, y: DeviceBuffer, stats: DeviceBuffer,
+                         spatial: Int, channels: Int, offset: Int = 0) throws {
+        let (act, alpha) = n.activation.kernelCode
+        let perLaunch = tuning.elementwisePerItem * tuning.elementwiseGroup
+        try context.launch(program, "norm_apply", global: [(spatial + perLaunch - 1) / perLaunch * tuning.elementwiseGroup, channels],
+                           local: [tuning.elementwiseGroup, 1],
+                           [.buffer(x), .buffer(y), .buffer(stats), .buffer(n.scale), .buffer(n.bias), .long(Int64(spatial)),
+                            .int(Int32(channels / n.groups)), .int(Int32(act)), .float(alpha), .long(Int64(offset))])
+    }
+
     /// Launches the kernels of one node. `shapes` gives the extents of the buffers `buffer`
     /// returns (whole tensors, or the tiles of a streamed run).
     func execute(_ op: LoweredOp, node: Node, shapes: [String: [Int]], concatenatedInPlace: Set<String>,
@@ -187,10 +199,7 @@ extension Network {
                                        [.buffer(partials), .buffer(statsView)] + long(len) + [int(partitions), int(n.groups), int(pass), .float(n.epsilon)])
                 }
             }
-            let (act, alpha) = n.activation.kernelCode
-            try context.launch(program, "norm_apply", global: [elementwiseGlobal(spatial)[0], outShape[1]], local: [tuning.elementwiseGroup, 1],
-                               [.buffer(x), .buffer(out), .buffer(statsView), .buffer(n.scale), .buffer(n.bias)] + long(spatial)
-                               + [int(outShape[1] / n.groups), int(act), .float(alpha)] + long(0))
+            try launchNormApply(n, program: program, x: x, y: out, stats: statsView, spatial: spatial, channels: outShape[1])
 
         case .channelAffine(let scale, let shift):
             try context.launch(try elementwiseProgram(), "channel_affine", global: elementwiseGlobal(count), local: [tuning.elementwiseGroup],

@@ -227,13 +227,8 @@ extension Network {
                     resident[pending.node] = (n, try context.upload(pending.stats, label: "statistics of \(order[pending.node].name)"))
                 }
                 let (n, stats) = resident[pending.node]!
-                let (act, alpha) = n.activation.kernelCode
-                let perLaunch = tuning.elementwisePerItem * tuning.elementwiseGroup
-                try context.launch(try normProgram(), "norm_apply", global: [(boxFloats + perLaunch - 1) / perLaunch * tuning.elementwiseGroup, part.channels],
-                                   local: [tuning.elementwiseGroup, 1],
-                                   [.buffer(buffer), .buffer(buffer), .buffer(stats), .buffer(n.scale), .buffer(n.bias),
-                                    .long(Int64(boxFloats)), .int(Int32(part.channels / n.groups)), .int(Int32(act)), .float(alpha),
-                                    .long(Int64(channel * boxFloats))])
+                try launchNormApply(n, program: try normProgram(), x: buffer, y: buffer, stats: stats, spatial: boxFloats,
+                                    channels: part.channels, offset: channel * boxFloats)
             }
             channel += part.channels
         }
@@ -334,17 +329,12 @@ extension Network {
         }
         let statistics = try context.upload(moments.statistics(epsilon: Double(n.epsilon)), label: "statistics of \(node.name)")
 
-        let (act, alpha) = n.activation.kernelCode
         var result = stream.take(count: shape.reduce(1, *))
         for zr in zs {
             for yr in ys {
                 try uploadValue(x, shape: shape, z: zr, y: yr, to: input.view, staging: &staging, resident: &resident)
-                let spatial = zr.count * yr.count * width
-                let perLaunch = tuning.elementwisePerItem * tuning.elementwiseGroup
-                try context.launch(try normProgram(), "norm_apply", global: [(spatial + perLaunch - 1) / perLaunch * tuning.elementwiseGroup, channels],
-                                   local: [tuning.elementwiseGroup, 1],
-                                   [.buffer(input.view), .buffer(output), .buffer(statistics), .buffer(n.scale), .buffer(n.bias),
-                                    .long(Int64(spatial)), .int(Int32(channels / n.groups)), .int(Int32(act)), .float(alpha), .long(0)])
+                try launchNormApply(n, program: try normProgram(), x: input.view, y: output, stats: statistics,
+                                    spatial: zr.count * yr.count * width, channels: channels)
                 try downloadBox(output, into: &result, shape: shape, z: zr, y: yr, staging: &staging)
             }
         }
