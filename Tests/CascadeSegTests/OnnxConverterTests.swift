@@ -26,14 +26,8 @@ final class OnnxConverterTests: XCTestCase {
             let y = try network.run(x).outputs[network.graph.outputs[0].name]!
             XCTAssertEqual(y.shape, expected.shape, "\(name) \(size)")
             guard y.shape == expected.shape else { continue }
-            var err2 = 0.0, ref2 = 0.0
-            var maxErr: Float = 0
-            for (a, b) in zip(y.data, expected.data) {
-                err2 += Double(a - b) * Double(a - b)
-                ref2 += Double(b) * Double(b)
-                maxErr = max(maxErr, abs(a - b))
-            }
-            XCTAssertLessThanOrEqual((err2 / max(ref2, 1e-30)).squareRoot(), maxRelativeL2, "\(name) \(size)")
+            let (relativeL2, maxErr) = differences(y.data, expected.data)
+            XCTAssertLessThanOrEqual(relativeL2, maxRelativeL2, "\(name) \(size)")
             XCTAssertLessThanOrEqual(maxErr, maxAbs, "\(name) \(size)")
         }
         return result

@@ -13,3 +13,15 @@ enum FixturePairs {
             }
     }
 }
+
+/// How far a result is from its reference: relative L2 error and largest absolute difference.
+func differences(_ y: [Float], _ expected: [Float]) -> (relativeL2: Double, maxAbs: Float) {
+    var err2 = 0.0, ref2 = 0.0
+    var maxErr: Float = 0
+    for (a, b) in zip(y, expected) {
+        err2 += Double(a - b) * Double(a - b)
+        ref2 += Double(b) * Double(b)
+        maxErr = max(maxErr, abs(a - b))
+    }
+    return ((err2 / max(ref2, 1e-30)).squareRoot(), maxErr)
+}
