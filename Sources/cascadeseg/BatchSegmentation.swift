@@ -82,7 +82,7 @@ enum BatchSegmentation {
             try s.prepare(residentWeights: options.memoryBudget == nil)
             return s
         }
-        let loadSeconds = seconds(since: loadStart)
+        let loadSeconds = loadStart.secondsElapsed
         say("batch: \(mine.count) of \(all.count) image(s) in \(inputDir) (shard \(shard)/\(shardCount)\(shardSource)), "
             + "\(segmenters.count) device(s): \(devices.map(\.name).joined(separator: ", ")); model loaded in \(String(format: "%.2f", loadSeconds)) s")
 
@@ -112,7 +112,7 @@ enum BatchSegmentation {
         }
         group.wait()
         let results = queue.results
-        let wall = seconds(since: batchStart)
+        let wall = batchStart.secondsElapsed
 
         let count = { (status: String) in results.filter { $0.status == status }.count }
         let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"))
@@ -164,7 +164,7 @@ enum BatchSegmentation {
             r.status = "failed"
             r.error = "\(error)"
         }
-        r.seconds = seconds(since: start)
+        r.seconds = start.secondsElapsed
         return r
     }
 
@@ -208,9 +208,5 @@ enum BatchSegmentation {
         }
         if args["shard-count"] != nil { throw CascadeSegError.usage("--shard-count goes with JOB_COMPLETION_INDEX; use --shard I/N") }
         return (0, 1, "")
-    }
-
-    static func seconds(since start: DispatchTime) -> Double {
-        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     }
 }

@@ -37,7 +37,7 @@ enum BenchCascade {
         func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
             let start = DispatchTime.now()
             let value = try body()
-            return (value, Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9)
+            return (value, start.secondsElapsed)
         }
         func singleStage(_ budget: Int?) throws -> Row {
             let network = try Network(model: model, stage: two, context: context, residentWeights: budget == nil)

@@ -161,7 +161,7 @@ public final class Segmenter: @unchecked Sendable {
                                    runs: 1, tiles: r.run.tiles)]
             result.peakDeviceBytes = r.run.peakDeviceBytes
         }
-        result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        result.seconds = start.secondsElapsed
         var counts: [Int32: Int] = [:]
         result.labels.withUnsafeBufferPointer { for l in $0 where l != 0 { counts[l, default: 0] += 1 } }
         result.labelVoxelCounts = counts

@@ -175,7 +175,7 @@ public enum CascadeSegmentation {
         }
         if rois.isEmpty { say("stage 2: no ROIs (stage 1 found no structure and no prior applied)") }
         peak = max(peak, peak2)
-        let stage2Report = StageReport(stage: index2, seconds: Double(DispatchTime.now().uptimeNanoseconds - start2.uptimeNanoseconds) / 1e9,
+        let stage2Report = StageReport(stage: index2, seconds: start2.secondsElapsed,
                                        peakDeviceBytes: peak2, grid: largest, runs: rois.count, tiles: tiles2)
 
         // 8. What is missing, reported.

@@ -69,7 +69,7 @@ public enum WholeVolumeSegmentation {
         let output = try StageRun.run(volume, paddedTo: padded, network: network, memoryBudget: memoryBudget)
         let labelOfChannel = try ClassLogits.labelOfChannel(model.metadata.labels, channels: output.logits.channels)
         let labels = output.logits.argMax(labelOfChannel: labelOfChannel)
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let seconds = start.secondsElapsed
         return StageResult(labels: labels, size: volume.size, spacing: volume.spacing, seconds: seconds, run: output.run)
     }
 

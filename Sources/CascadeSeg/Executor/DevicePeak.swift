@@ -14,7 +14,7 @@ public enum DevicePeak {
             try context.launch(program, "fma_peak", global: [items], local: [1],
                                [.buffer(out), .int(Int32(iterations)), .float(0.999), .float(0.001)])
             try context.finish()
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            let seconds = start.secondsElapsed
             best = max(best, Double(items * chains * vectorWidth * iterations * 2) / seconds / 1e9)
         }
         return best

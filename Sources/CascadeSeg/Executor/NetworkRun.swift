@@ -76,7 +76,7 @@ extension Network {
                 })
                 if profile {
                     try context.finish()
-                    timings.append((node.name, node.op, Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9))
+                    timings.append((node.name, node.op, t0.secondsElapsed))
                 }
             }
             for o in graph.outputs {
@@ -85,7 +85,7 @@ extension Network {
             }
             try context.finish()
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let seconds = start.secondsElapsed
         return RunResult(outputs: outputs, peakDeviceBytes: window.peak, plannedPeakBytes: plan.peakBytes,
                          seconds: seconds, profile: timings)
     }

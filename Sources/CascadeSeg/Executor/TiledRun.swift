@@ -186,7 +186,7 @@ extension Network {
             }
             for x in Set(node.inputs) where lastUse[x] == i { stream.drop(x) }
             if profile {
-                timings.append((node.name, node.op, Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9))
+                timings.append((node.name, node.op, t0.secondsElapsed))
             }
         }
         var outputs: [String: Tensor] = [:]
@@ -195,7 +195,7 @@ extension Network {
             precondition(value.parts.allSatisfy { $0.pending == nil }, "graph outputs are never left pending")
             outputs[o.name] = Tensor(shape: shapes[o.name]!, data: value.parts.count == 1 ? value.parts[0].data : value.parts.flatMap(\.data))
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let seconds = start.secondsElapsed
         return RunResult(outputs: outputs, peakDeviceBytes: window.peak,
                          plannedPeakBytes: others + (tilings.map(\.peakBytes).max() ?? 0),
                          seconds: seconds, profile: timings, tiles: tilings.map(\.tileCount).max() ?? 1)
