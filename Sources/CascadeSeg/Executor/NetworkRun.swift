@@ -35,20 +35,21 @@ extension Network {
         if let bad = input.data.firstIndex(where: { !$0.isFinite }) {
             throw CascadeSegError.invalidInput("input value \(bad) is \(input.data[bad]) (NaN or infinite values are not accepted)")
         }
-        guard let memoryBudget else { return try runWhole(input, shape: shape, profile: profile) }
+        guard let memoryBudget else { return try runWhole(input, plan: try plan(inputShape: shape), profile: profile) }
         guard memoryBudget > 0 else { throw CascadeSegError.usage("the memory budget must be positive, got \(memoryBudget)") }
         defer { dropDeviceWeights() }
         let others = context.memory.liveBytes - (weightsResident ? weightBytes : 0)
-        if try plan(inputShape: shape).peakBytes <= memoryBudget - others {
-            return try runWhole(input, shape: shape, profile: profile)
+        let whole = try plan(inputShape: shape)
+        if whole.peakBytes <= memoryBudget - others {
+            return try runWhole(input, plan: whole, profile: profile)
         }
         return try runTiled(input, shape: shape, budget: memoryBudget, profile: profile)
     }
 
     /// Runs with every tensor whole on the device, in one arena.
-    func runWhole(_ input: Tensor, shape: [Int], profile: Bool) throws -> RunResult {
+    func runWhole(_ input: Tensor, plan: ExecutionPlan, profile: Bool) throws -> RunResult {
         try ensureDeviceWeights()
-        let plan = try self.plan(inputShape: shape)
+        let shape = plan.inputShape
         let start = DispatchTime.now()
         let window = context.memory.openWindow()
         defer { context.memory.close(window) }

@@ -270,9 +270,10 @@ extension Network {
         var resident: [Int: (op: LoweredOp.Norm, stats: DeviceBuffer)] = [:]
         var result = stream.take(count: outShape.reduce(1, *))
         var staging: [Float] = []
+        // Shapes the kernels see: the constants', and per tile the boxes of inputs and output.
+        var tileShapes = constantShapes
         for zr in TilePlanner.ranges(extent: outShape[2], tile: tiling.depth) {
             for yr in TilePlanner.ranges(extent: outShape[3], tile: tiling.height) {
-                var tileShapes = constantShapes
                 tileShapes[outName] = [1, outShape[1], zr.count, yr.count, outShape[4]]
                 var pads: [Int] = []
                 for (j, name) in activations.enumerated() {
