@@ -4,9 +4,13 @@ import Foundation
 /// `cascadeseg bench cascade MODEL IMAGE`: the cascade against its single-stage baseline on the
 /// same image in one process, with and without a memory budget: wall time, peak device memory,
 /// their ratios against single-stage, whether a budget changed any label, and (with
-/// `--reference`) Dice, IoU and HD95 per label for each mode. Numbers only, never assertions.
+/// `--reference`) Dice, IoU and HD95 per label and per size group for each mode. Numbers only,
+/// never assertions.
+///
+/// The single-stage rows run `--single-stage-model` (a network trained on the whole image, with
+/// the same labels) when given, else the cascade's own stage-2 network over the whole image.
 enum BenchCascade {
-    static let usage = "usage: cascadeseg bench cascade MODEL.cseg IMAGE.nii.gz [--memory-budget BYTES] [--reference LABELS.nii.gz] [--labels 1,2,...] [--json OUT.json] [--device D] [--skip-single-stage]"
+    static let usage = "usage: cascadeseg bench cascade MODEL.cseg IMAGE.nii.gz [--memory-budget BYTES] [--reference LABELS.nii.gz] [--labels 1,2,...] [--json OUT.json] [--device D] [--skip-single-stage] [--single-stage-model BASELINE.cseg]"
 
     struct Row {
         var mode: String
@@ -24,14 +28,16 @@ enum BenchCascade {
         let context = try ComputeContext.shared(for: try ComputeDevice.select(args["device"]))
         let (one, two) = try CascadeSegmentation.stageIndices(of: model)
         let budget = try args.bytes("memory-budget")
+        let (baseline, baselineStage) = try args["single-stage-model"].map { try singleStageModel($0, like: model) } ?? (model, two)
         print("device: \(context.device.name)")
         print("model: \(model.metadata.name); image \(image.nx)x\(image.ny)x\(image.nz) at \(String(format: "%.2fx%.2fx%.2f", image.spacing.x, image.spacing.y, image.spacing.z)) mm")
+        print("single-stage: \(args["single-stage-model"].map { "\(baseline.metadata.name) (\($0))" } ?? "the cascade's stage-2 network over the whole image")")
 
         // Compile every kernel once on a small input, so that no row pays for compilation.
-        for stage in Set([one, two]) {
-            let network = try Network(model: model, stage: stage, context: context)
-            let m = network.graph.sizeMultiple
-            _ = try network.run(Tensor(zeros: [1, model.metadata.input.channels] + m.map { max($0, 8) }))
+        for (m, stage) in [(model, one), (model, two), (baseline, baselineStage)] {
+            let network = try Network(model: m, stage: stage, context: context)
+            let multiple = network.graph.sizeMultiple
+            _ = try network.run(Tensor(zeros: [1, m.metadata.input.channels] + multiple.map { max($0, 8) }))
         }
 
         func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
@@ -40,9 +46,9 @@ enum BenchCascade {
             return (value, start.secondsElapsed)
         }
         func singleStage(_ budget: Int?) throws -> Row {
-            let network = try Network(model: model, stage: two, context: context, residentWeights: budget == nil)
+            let network = try Network(model: baseline, stage: baselineStage, context: context, residentWeights: budget == nil)
             context.memory.resetPeak()
-            let (r, seconds) = try timed { try WholeVolumeSegmentation.segment(image, model: model, stageIndex: two, network: network, memoryBudget: budget) }
+            let (r, seconds) = try timed { try WholeVolumeSegmentation.segment(image, model: baseline, stageIndex: baselineStage, network: network, memoryBudget: budget) }
             return Row(mode: budget == nil ? "single-stage" : "single-stage, budget", seconds: seconds,
                        peakBytes: max(r.run.peakDeviceBytes, context.memory.peakBytes), tiles: r.run.tiles, labels: r.labels, rois: 0)
         }
@@ -111,15 +117,43 @@ enum BenchCascade {
                 }.joined())
             }
             print(left("mean", 18) + evaluations.map { right(String(format: "%.3f (%.2f)", $0.1.meanDice, $0.1.meanHD95), 23) }.joined())
-            for (mode, e) in evaluations {
-                metrics[mode] = ["mean_dice": e.meanDice, "mean_iou": e.meanIoU, "mean_hd95_mm": e.meanHD95.isFinite ? e.meanHD95 as Any : NSNull(),
-                                 "labels": e.labels.map { ["label": $0.label, "dice": $0.dice, "iou": $0.iou,
-                                                           "hd95_mm": $0.hd95.isFinite ? $0.hd95 as Any : NSNull()] }]
+            print("\nPer size group of the reference structure: mean Dice / IoU (mean HD95 mm over finite values; labels with none found):")
+            print(left("group", 20) + evaluations.map { right($0.0, 30) }.joined())
+            let groupsPerMode = evaluations.map { $0.1.sizeGroups() }
+            for (g, group) in SizeGroup.brainStructures.enumerated() {
+                print(left("\(group.name) [\(groupsPerMode.first?[g].labels.count ?? 0)]", 20) + groupsPerMode.map {
+                    right(String(format: "%.3f / %.3f (%.2f; %d)", $0[g].meanDice, $0[g].meanIoU, $0[g].meanHD95, $0[g].infiniteHD95Count), 30)
+                }.joined())
+            }
+            func number(_ x: Double) -> Any { x.isFinite ? x as Any : NSNull() }
+            for ((mode, e), groups) in zip(evaluations, groupsPerMode) {
+                metrics[mode] = ["mean_dice": e.meanDice, "mean_iou": e.meanIoU, "mean_hd95_mm": number(e.meanHD95),
+                                 "labels": e.labels.map { ["label": $0.label, "dice": number($0.dice), "iou": number($0.iou),
+                                                           "hd95_mm": number($0.hd95), "reference_mm3": $0.referenceVolume,
+                                                           "predicted_mm3": $0.predictionVolume] },
+                                 "size_groups": groups.map { ["name": $0.group.name, "lower_mm3": $0.group.lowerMM3,
+                                                              "upper_mm3": number($0.group.upperMM3), "labels": $0.labels,
+                                                              "mean_dice": number($0.meanDice), "mean_iou": number($0.meanIoU),
+                                                              "mean_hd95_mm": number($0.meanHD95), "infinite_hd95": $0.infiniteHD95Count] }]
             }
             json["metrics"] = metrics
         }
         if let path = args["json"] {
             try AtomicFile.write([UInt8](try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])), to: path)
         }
+    }
+
+    /// The baseline model and the stage it runs: its only stage, which must give the cascade's
+    /// labels from the same input channels (else the rows would not compare like with like).
+    static func singleStageModel(_ path: String, like cascade: ModelFile) throws -> (ModelFile, Int) {
+        let baseline = try ModelFile(contentsOf: path)
+        guard baseline.metadata.stages.count == 1 else {
+            throw CascadeSegError.usage("--single-stage-model \(path) has \(baseline.metadata.stages.count) stages; it must be a single-stage model")
+        }
+        let ids = { (m: ModelFile) in m.metadata.labels.map(\.id).sorted() }
+        guard ids(baseline) == ids(cascade), baseline.metadata.input.channels == cascade.metadata.input.channels else {
+            throw CascadeSegError.usage("--single-stage-model \(path) has labels \(ids(baseline)) and \(baseline.metadata.input.channels) input channel(s); the cascade has \(ids(cascade)) and \(cascade.metadata.input.channels)")
+        }
+        return (baseline, 1)
     }
 }

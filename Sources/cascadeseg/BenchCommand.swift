@@ -6,7 +6,7 @@ import Foundation
 enum BenchCommand {
     static func run(_ raw: [String]) throws {
         let args = try Arguments(raw, options: ["device", "kb", "xv", "xn", "tx", "cc", "repeat", "base", "size", "save", "input", "only",
-                                                "memory-budget", "reference", "labels", "json"],
+                                                "memory-budget", "reference", "labels", "json", "single-stage-model"],
                                  flags: ["quick", "profile", "skip-single-stage"])
         switch args.positionals.first {
         case "kernels" where args.positionals.count == 1: try kernels(args)

@@ -284,6 +284,46 @@ final class EvaluationTests: XCTestCase {
         XCTAssertThrowsError(try SegmentationEvaluation(prediction: c.prediction, reference: c.reference, grid: c.grid, labels: [2, 2]))
     }
 
+    /// Groups by reference volume with inclusive lower and exclusive upper bounds; labels the
+    /// reference lacks belong to no group; the means equal the plain means over the members.
+    func testSizeGroupsByReferenceVolume() throws {
+        let c = try XCTUnwrap(try loadCases().first { $0.name == "aniso_blobs" })
+        let r = try SegmentationEvaluation(prediction: c.prediction, reference: c.reference, grid: c.grid, labels: [1, 2, 3, 4, 5])
+        let one = r.labels[0], two = r.labels[1], three = r.labels[2]
+        XCTAssertTrue(one.referenceVolume > 0 && two.referenceVolume > 0 && three.referenceVolume > 0)
+        // A boundary exactly at the largest of the three volumes: that label is in the upper group.
+        let volumes = [one, two, three].map(\.referenceVolume)
+        let edge = volumes.max()!
+        let groups = [SizeGroup(name: "below", lowerMM3: 0, upperMM3: edge),
+                      SizeGroup(name: "at or above", lowerMM3: edge, upperMM3: .infinity)]
+        let summary = r.sizeGroups(groups)
+        let upper = [one, two, three].filter { $0.referenceVolume >= edge }, lower = [one, two, three].filter { $0.referenceVolume < edge }
+        XCTAssertEqual(summary[1].labels, upper.map(\.label))
+        XCTAssertEqual(summary[0].labels, lower.map(\.label))
+        XCTAssertFalse(summary.flatMap(\.labels).contains(4), "label 4 is in neither map")
+        XCTAssertFalse(summary.flatMap(\.labels).contains(5), "label 5 is only predicted")
+        for (s, members) in zip(summary, [lower, upper]) {
+            let finite = members.map(\.hd95).filter(\.isFinite)
+            XCTAssertEqual(s.meanDice, members.map(\.dice).reduce(0, +) / Double(members.count), accuracy: 1e-15)
+            XCTAssertEqual(s.meanIoU, members.map(\.iou).reduce(0, +) / Double(members.count), accuracy: 1e-15)
+            if finite.isEmpty { XCTAssertTrue(s.meanHD95.isNaN) } else {
+                XCTAssertEqual(s.meanHD95, finite.reduce(0, +) / Double(finite.count), accuracy: 1e-15)
+            }
+            XCTAssertEqual(s.infiniteHD95Count, members.filter { $0.hd95 == .infinity }.count)
+        }
+        // Label 3 is missed by the prediction: it counts as Dice 0 and one infinite HD95 in its group.
+        XCTAssertEqual(three.status, .predictionEmpty)
+        XCTAssertEqual(summary.map(\.infiniteHD95Count).reduce(0, +), 1)
+        // An empty group has undefined means.
+        let none = r.sizeGroups([SizeGroup(name: "huge", lowerMM3: edge * 1000, upperMM3: .infinity)])[0]
+        XCTAssertTrue(none.labels.isEmpty && none.meanDice.isNaN && none.meanHD95.isNaN)
+        // The brain groups are contiguous and cover every positive volume.
+        let brain = SizeGroup.brainStructures
+        XCTAssertEqual(brain.first?.lowerMM3, 0)
+        XCTAssertEqual(brain.last?.upperMM3, .infinity)
+        XCTAssertEqual(Array(brain.dropLast().map(\.upperMM3)), Array(brain.dropFirst().map(\.lowerMM3)))
+    }
+
     // MARK: - NIfTI end to end
 
     var folder = ""
