@@ -3,8 +3,10 @@
     tools/.venv/bin/python tools/plot_bench.py docs/bench/cascade_ch2.json -o docs/bench/cascade_ch2.png
 
 One panel per measure, one bar per mode (single-stage, cascade, each with and without a memory
-budget), the value and the ratio against single-stage written on each bar. Numbers come only
-from the JSON, which the bench command wrote in the same run.
+budget, and any other rows the JSON holds, e.g. the ONNX Runtime and PyTorch rows that
+tools/bench_cascade_table.py adds, with `memory_title` naming what their memory is), the value
+and the ratio against single-stage written on each bar. Numbers come only from the JSON, which
+the bench commands wrote in the same run.
 """
 import argparse
 import json
@@ -27,10 +29,11 @@ def main() -> None:
     modes = [r["mode"] for r in rows]
     panels = [
         ("wall time (s)", [r["seconds"] for r in rows], base["seconds"]),
-        ("peak device memory (MiB)", [r["peak_device_bytes"] / 1048576 for r in rows], base["peak_device_bytes"] / 1048576),
+        (bench.get("memory_title", "peak device memory (MiB)"), [r["peak_device_bytes"] / 1048576 for r in rows],
+         base["peak_device_bytes"] / 1048576),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colours = ["#777777", "#1f77b4", "#2ca02c", "#bbbbbb"][: len(rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 0.55 * len(rows)))
+    colours = (["#777777", "#1f77b4", "#2ca02c", "#bbbbbb", "#d62728", "#ff7f0e"] * 2)[: len(rows)]
     for ax, (title, values, reference) in zip(axes, panels):
         bars = ax.barh(range(len(values)), values, color=colours)
         ax.set_yticks(range(len(values)), modes)

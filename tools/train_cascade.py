@@ -23,12 +23,17 @@ grown by the ROI margin, with jitter.
   pads), loss soft Dice + cross-entropy with strong foreground weights.
 - Stage 2: 3D U-Net 16-32-64-128, 17 classes, on 64^3 crops (some 80^3) at 1 mm, small and
   atlas-defined structures (Heschl, vermis, amygdala, pallidum) sampled more often, Dice + CE.
+- Baseline (single-stage, for the comparison): the stage-2 network with the same loss, crop
+  sizes and optimizer, trained on full-resolution patches sampled as nnU-Net does (a third
+  centred in a structure's box, two thirds anywhere), so that it learns the whole image; it runs
+  over the whole 1 mm image (`ModelZoo/<name>-baseline.cseg`).
 
 Steps (`--steps`, comma-separated; default all): `data` (augmented copies under --work),
-`stage1`, `stage2`, `measure` (peak RSS of one forward+backward of the stage-2 network on a crop
-and on the whole 1 mm volume, each in a fresh subprocess), `export` (ONNX, opset 17, dynamic
-D/H/W, checked with onnxruntime), `config` (cascade JSON with label priors from the training
-copies) and `convert` (`cascadeseg convert --stage1 --stage2 --config`).
+`stage1`, `stage2`, `baseline`, `measure` (peak RSS of one forward+backward of the stage-2
+network on a crop and on the whole 1 mm volume, each in a fresh subprocess), `export` (ONNX,
+opset 17, dynamic D/H/W, checked with onnxruntime), `config` (cascade JSON with label priors from
+the training copies), `convert` (`cascadeseg convert --stage1 --stage2 --config`, and the
+baseline with `--onnx`) and `validate` (segment + evaluate the held-out copies and ch2better).
 
     nice -n 19 tools/.venv/bin/python tools/train_cascade.py            # full recipe (~75 min, 2 cores)
     nice -n 19 tools/.venv/bin/python tools/train_cascade.py --quick    # a few minutes, smoke test
@@ -74,6 +79,10 @@ LABEL_GROUPS = [[1, 3], [2, 4], [5, 7, 9, 11], [6, 8, 10, 12], [13, 14]]
 # Stage-2 sampling weight per label (small or atlas-defined structures more often).
 SAMPLE_WEIGHT = {1: 1, 2: 1, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1, 8: 1, 9: 2, 10: 2, 11: 1, 12: 1,
                  13: 3, 14: 3, 15: 3, 16: 3}
+# Extra weight from `--s2-hard` on: Vermis_1_2 (~500 voxels, borders drawn by the atlas inside
+# the vermis, no image edge) was still at Dice 0 after the first 1345 steps.
+HARD_SAMPLE_WEIGHT = {13: 6}
+HARD_CE_WEIGHT = {13: 10.0}
 
 
 def log(msg: str) -> None:
@@ -291,19 +300,21 @@ def round_up(n, m=MULTIPLE):
 # =============================================================================================
 # Stage 1
 
-def start_stage(args, stage: int, net):
+def start_stage(args, stage: int, net, name: str = ""):
     """The network (resumed from `--s{stage}-resume` if given: weights only, Adam restarts with a
-    warm-up), its first step, optimizer, time budget in seconds, checkpoint path and log file."""
+    warm-up), its first step, optimizer, time budget in seconds, checkpoint path and log file
+    (`name`, default `stage{stage}`)."""
+    name = name or f"stage{stage}"
     step0 = 0
     resume = getattr(args, f"s{stage}_resume")
     if resume:
         state = torch.load(resume)
         net.load_state_dict(state["net"])
         step0 = state["step"]
-        log(f"stage{stage}: resumed from {resume} at step {step0}")
+        log(f"{name}: resumed from {resume} at step {step0}")
     opt = torch.optim.AdamW(net.parameters(), lr=getattr(args, f"s{stage}_lr"), weight_decay=1e-5)
     budget = getattr(args, f"s{stage}_minutes") * 60
-    return net, step0, opt, budget, args.work / f"stage{stage}.pt", open(args.work / f"stage{stage}_log.jsonl", "a")
+    return net, step0, opt, budget, args.work / f"{name}.pt", open(args.work / f"{name}_log.jsonl", "a")
 
 
 def step_stage1(args) -> None:
@@ -330,7 +341,7 @@ def step_stage1(args) -> None:
         el = time.time() - t0
         if el > budget or (args.s1_steps and step >= args.s1_steps):
             break
-        frac = el / budget if not args.s1_steps else step / args.s1_steps
+        frac = el / budget if not args.s1_steps else (step - step0) / max(1, args.s1_steps - step0)
         lr = poly_lr(args.s1_lr, frac) * min(1.0, (step - step0 + 1) / 20)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -407,9 +418,14 @@ def crop_box(rng, shape, label_box, size, jitter):
     return lo
 
 
-def step_stage2(args) -> None:
-    torch.manual_seed(2)
-    rng = np.random.default_rng(2)
+def step_stage2(args, sampling: str = "roi") -> None:
+    """Trains the stage-2 network on crops around the structures (`sampling="roi"`, the engine's
+    ROI rule: label box + margin, jittered) or, for the single-stage baseline, the same network
+    on full-resolution patches sampled as nnU-Net does (`sampling="patch"`: a third centred on a
+    random voxel of the label box of a structure, two thirds anywhere in the volume)."""
+    name = "stage2" if sampling == "roi" else "baseline"
+    torch.manual_seed(2 if sampling == "roi" else 3)
+    rng = np.random.default_rng(2 if sampling == "roi" else 3)
     meta = json.loads((args.work / "pool.json").read_text())
     pool = args.work / "pool"
     names = [n for n in sorted(meta) if meta[n]["kind"] == "train"]
@@ -418,22 +434,33 @@ def step_stage2(args) -> None:
     X = {n: np.load(pool / f"{n}_x1.npy", mmap_mode="r") for n in names + vnames}
     L = {n: np.load(pool / f"{n}_l1.npy", mmap_mode="r") for n in names + vnames}
     labels = list(range(1, K))
-    pw = np.array([SAMPLE_WEIGHT[k] for k in labels], np.float64)
+    sample_weight = {**SAMPLE_WEIGHT, **(HARD_SAMPLE_WEIGHT if args.s2_hard else {})}
+    pw = np.array([sample_weight[k] for k in labels], np.float64)
     pw /= pw.sum()
     ce_w = torch.ones(K)
     ce_w[1:] = 3.0
     for k, wk in SAMPLE_WEIGHT.items():
         if wk > 1:
             ce_w[k] = 5.0
-    log(f"stage2: {len(names)} training copies, crops {args.s2_crop}^3 (20% {args.s2_crop_big}^3), "
-        f"batch {args.s2_batch}")
+    if args.s2_hard:
+        for k, wk in HARD_CE_WEIGHT.items():
+            ce_w[k] = wk
+    log(f"{name}: {len(names)} training copies, {sampling} crops {args.s2_crop}^3 (20% {args.s2_crop_big}^3), "
+        f"batch {args.s2_batch}, CE weights {ce_w.tolist()}")
 
     def sample(name, k, size, jitter):
         m = meta[name]
         shape = m["shape"]
         if str(k) not in m["labels"]:
             k = int(next(iter(m["labels"])))
-        lo = crop_box(rng, shape, m["labels"][str(k)]["box"], size, jitter)
+        if sampling == "roi":
+            lo = crop_box(rng, shape, m["labels"][str(k)]["box"], size, jitter)
+        elif rng.random() < 1 / 3:
+            b = m["labels"][str(k)]["box"]
+            lo = [int(min(max(rng.integers(b[a], b[a + 3] + 1) - rng.integers(0, size[a]), 0), shape[a] - size[a]))
+                  for a in range(3)]
+        else:
+            lo = [int(rng.integers(0, shape[a] - size[a] + 1)) for a in range(3)]
         sl = tuple(slice(lo[a], lo[a] + size[a]) for a in range(3))
         return np.asarray(X[name][sl], np.float32), np.asarray(L[name][sl], np.int64)
 
@@ -446,7 +473,7 @@ def step_stage2(args) -> None:
             sl = tuple(slice(lo[a], lo[a] + 64) for a in range(3))
             vcrops.append((k, np.asarray(X[n][sl], np.float32), np.asarray(L[n][sl], np.int64)))
 
-    net, step0, opt, budget, ckpt, logf = start_stage(args, 2, UNet(STAGE2_CH))
+    net, step0, opt, budget, ckpt, logf = start_stage(args, 2, UNet(STAGE2_CH), name)
     t0 = time.time()
     step, last_ckpt, last_val = step0, t0, t0
     base_rss = rss_mb()
@@ -458,8 +485,8 @@ def step_stage2(args) -> None:
         if args.threads_after and threads != args.threads_after and Path(args.threads_after_flag).exists():
             threads = args.threads_after
             torch.set_num_threads(threads)
-            log(f"stage2: now {threads} threads")
-        frac = el / budget if not args.s2_steps else step / args.s2_steps
+            log(f"{name}: now {threads} threads")
+        frac = el / budget if not args.s2_steps else (step - step0) / max(1, args.s2_steps - step0)
         lr = poly_lr(args.s2_lr, frac) * min(1.0, (step - step0 + 1) / 20)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -485,12 +512,12 @@ def step_stage2(args) -> None:
                "ce": float(ce), "dice_loss": float(dl), "peak_rss_mb": round(peak_rss_mb()),
                "base_rss_mb": round(base_rss)}
         if step % 10 == 0 or step == 1:
-            log(f"stage2 step {step} crop {s} loss {loss.item():.3f} (ce {float(ce):.3f} dice {float(dl):.3f}) "
+            log(f"{name} step {step} crop {s} loss {loss.item():.3f} (ce {float(ce):.3f} dice {float(dl):.3f}) "
                 f"lr {lr:.2e} peak RSS {peak_rss_mb():.0f} MB")
         if time.time() - last_val > args.val_every * 60:
             rec["val_dice"] = eval_stage2(net, vcrops)
             last_val = time.time()
-            log(f"stage2 val mean Dice {np.nanmean(list(rec['val_dice'].values())):.3f} {rec['val_dice']}")
+            log(f"{name} val mean Dice {np.nanmean(list(rec['val_dice'].values())):.3f} {rec['val_dice']}")
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
         if time.time() - last_ckpt > 120:
@@ -499,11 +526,11 @@ def step_stage2(args) -> None:
     torch.save({"net": net.state_dict(), "step": step}, ckpt)
     vd = eval_stage2(net, vcrops)
     summary = {"steps": step, "resumed_at_step": step0, "seconds": round(time.time() - t0), "batch": args.s2_batch,
-               "crop": [args.s2_crop, args.s2_crop_big], "peak_rss_mb": round(peak_rss_mb()),
+               "sampling": sampling, "hard": bool(args.s2_hard), "crop": [args.s2_crop, args.s2_crop_big], "peak_rss_mb": round(peak_rss_mb()),
                "base_rss_mb": round(base_rss), "val_crop_dice": vd,
                "val_crop_mean_dice": float(np.nanmean(list(vd.values())))}
-    (args.work / "stage2_summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"stage2 done: {summary}")
+    (args.work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"{name} done: {summary}")
 
 
 @torch.no_grad()
@@ -568,7 +595,10 @@ def step_measure(args) -> None:
 def step_export(args) -> None:
     import onnx
     import onnxruntime as ort
-    for stage, ch, probe in (("stage1", STAGE1_CH, (64, 72, 64)), ("stage2", STAGE2_CH, (64, 80, 72))):
+    nets = [("stage1", STAGE1_CH, (64, 72, 64)), ("stage2", STAGE2_CH, (64, 80, 72))]
+    if (args.work / "baseline.pt").exists():
+        nets.append(("baseline", STAGE2_CH, (64, 80, 72)))
+    for stage, ch, probe in nets:
         net = UNet(ch)
         net.load_state_dict(torch.load(args.work / f"{stage}.pt")["net"])
         net.eval()
@@ -627,6 +657,11 @@ def step_config(args) -> None:
     log(f"config: {args.config}")
 
 
+def baseline_path(args) -> Path:
+    """The single-stage baseline's model file, next to the cascade's: NAME-baseline.cseg."""
+    return args.output.with_name(args.output.stem + "-baseline.cseg")
+
+
 def step_convert(args) -> None:
     cmd = [str(args.cascadeseg), "convert", "--stage1", str(args.work / "stage1.onnx"),
            "--stage2", str(args.work / "stage2.onnx"), "--config", str(args.config),
@@ -634,6 +669,18 @@ def step_convert(args) -> None:
     log("convert: " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     log(f"convert: {args.output} {args.output.stat().st_size / 2**20:.2f} MB")
+    if (args.work / "baseline.onnx").exists():
+        out = baseline_path(args)
+        labels = ",".join(["0=background"] + [f"{k}={n}" for k, (_, n) in enumerate(TARGETS, 1)])
+        cmd = [str(args.cascadeseg), "convert", "--onnx", str(args.work / "baseline.onnx"), "-o", str(out),
+               "--weights", args.weights, "--name", out.stem, "--labels", labels, "--spacing", "1,1,1",
+               "--normalization", "zscore", "--size-multiple", f"{MULTIPLE},{MULTIPLE},{MULTIPLE}",
+               "--description", "single-stage baseline of brain-deepgrey: the stage-2 U-Net trained on "
+                                "full-resolution patches of the whole image (nnU-Net sampling); research use only",
+               "--license", "weights derived from Colin27 and AAL as packaged by mricron-data (BSD-3-Clause); see ModelZoo/README.md"]
+        log("convert: " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        log(f"convert: {out} {out.stat().st_size / 2**20:.2f} MB")
 
 
 def make_ch2better_ref(path: Path) -> Path:
@@ -672,9 +719,11 @@ def step_validate(args) -> None:
     res = {}
     for name, img, ref in cases:
         for mode in modes:
-            flag = {"cascade": [], "stage1-only": ["--stage1-only"], "single-stage": ["--single-stage"]}[mode]
+            flag = {"cascade": [], "stage1-only": ["--stage1-only"], "single-stage": ["--single-stage"],
+                    "baseline": []}[mode]
+            model = baseline_path(args) if mode == "baseline" else args.output
             out, rep, ev = (vdir / f"{name}_{mode}{s}" for s in (".nii.gz", "_report.json", "_eval.json"))
-            seg = [str(args.cascadeseg), "segment", str(args.output), str(img), "-o", str(out),
+            seg = [str(args.cascadeseg), "segment", str(model), str(img), "-o", str(out),
                    "--report", str(rep), "--quiet"] + flag
             t = time.time()
             r = subprocess.run(seg, capture_output=True, text=True)
@@ -707,9 +756,10 @@ def step_validate(args) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/cascadeseg-train"))
-    ap.add_argument("--steps", default="data,stage1,stage2,measure,export,config,convert,validate")
-    ap.add_argument("--validate-modes", default="cascade,stage1-only",
-                    help="segment modes to validate: cascade, stage1-only, single-stage")
+    ap.add_argument("--steps", default="data,stage1,stage2,baseline,measure,export,config,convert,validate")
+    ap.add_argument("--validate-modes", default="cascade,stage1-only,baseline",
+                    help="segment modes to validate: cascade, stage1-only, single-stage (the cascade's stage 2 "
+                         "over the whole image), baseline (the separately trained single-stage model)")
     ap.add_argument("--quick", action="store_true", help="tiny run: 4 copies, a few steps per stage")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--threads-after", type=int, default=0,
@@ -728,7 +778,9 @@ def main(argv=None) -> int:
     ap.add_argument("--s2-crop", type=int, default=64)
     ap.add_argument("--s2-crop-big", type=int, default=80)
     ap.add_argument("--s2-lr", type=float, default=2e-3)
-    ap.add_argument("--s2-resume", type=Path, help="stage-2 checkpoint to continue from")
+    ap.add_argument("--s2-resume", type=Path, help="stage-2 (or baseline) checkpoint to continue from")
+    ap.add_argument("--s2-hard", action="store_true",
+                    help="stage 2 / baseline: sample Vermis_1_2 more often and weight it more (HARD_*)")
     ap.add_argument("--val-every", type=float, default=5, help="minutes between validations")
     ap.add_argument("--config", type=Path, default=REPO / "ModelZoo" / "brain-deepgrey.json")
     ap.add_argument("--output", type=Path, default=REPO / "ModelZoo" / "brain-deepgrey.cseg")
@@ -748,7 +800,8 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     steps = args.steps.split(",")
     for s in steps:
-        fn = {"data": step_data, "stage1": step_stage1, "stage2": step_stage2, "measure": step_measure,
+        fn = {"data": step_data, "stage1": step_stage1, "stage2": step_stage2,
+              "baseline": lambda a: step_stage2(a, sampling="patch"), "measure": step_measure,
               "export": step_export, "config": step_config, "convert": step_convert,
               "validate": step_validate}[s]
         t = time.time()
