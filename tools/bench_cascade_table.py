@@ -117,7 +117,7 @@ def bench_case(args, name, image, ref, budget, out: Path) -> dict:
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     bench = json.loads(js.read_text())
-    bench["command"] = " ".join(cmd)
+    bench["command"] = " ".join(cmd).replace(str(ROOT) + "/", "")  # repository paths as a user types them
     return bench
 
 
@@ -310,7 +310,7 @@ def main() -> None:
     (args.out / "cascade_table.md").write_text(md)
     chart = {"device": benches[0]["device"], "model": benches[0]["model"], "image": benches[0]["image"],
              "memory_budget_bytes": benches[0].get("memory_budget_bytes"),
-             "memory_title": "peak memory (MiB): device for CascadeSeg, RSS for the others",
+             "memory_title": "peak memory (MiB)\n(device for CascadeSeg rows, RSS for the others)",
              "rows": benches[0]["rows"] + [{"mode": r["mode"] + " (forward)", "seconds": r["seconds"],
                                             "peak_device_bytes": r["peak_rss_mib"] * 2**20} for r in runtimes]}
     result = {"benches": benches, "runtimes": runtimes, "accuracy": accuracy, "training": training, "chart": chart}

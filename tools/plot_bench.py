@@ -38,7 +38,7 @@ def main() -> None:
         bars = ax.barh(range(len(values)), values, color=colours)
         ax.set_yticks(range(len(values)), modes)
         ax.invert_yaxis()
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         for bar, v in zip(bars, values):
             ratio = reference / v if v else float("inf")
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.1f} ({ratio:.1f}x less)" if ratio > 1.05 else f" {v:.1f}",
