@@ -445,6 +445,10 @@ def step_stage2(args, sampling: str = "roi") -> None:
     if args.s2_hard:
         for k, wk in HARD_CE_WEIGHT.items():
             ce_w[k] = wk
+    if args.s2_plain_ce:
+        # Class weights move borders outwards (the weighted models over-segment every structure
+        # by 10-35 %); a last phase without them moves them back.
+        ce_w = torch.ones(K)
     log(f"{name}: {len(names)} training copies, {sampling} crops {args.s2_crop}^3 (20% {args.s2_crop_big}^3), "
         f"batch {args.s2_batch}, CE weights {ce_w.tolist()}")
 
@@ -526,7 +530,7 @@ def step_stage2(args, sampling: str = "roi") -> None:
     torch.save({"net": net.state_dict(), "step": step}, ckpt)
     vd = eval_stage2(net, vcrops)
     summary = {"steps": step, "resumed_at_step": step0, "seconds": round(time.time() - t0), "batch": args.s2_batch,
-               "sampling": sampling, "hard": bool(args.s2_hard), "crop": [args.s2_crop, args.s2_crop_big], "peak_rss_mb": round(peak_rss_mb()),
+               "sampling": sampling, "hard": bool(args.s2_hard), "plain_ce": bool(args.s2_plain_ce), "crop": [args.s2_crop, args.s2_crop_big], "peak_rss_mb": round(peak_rss_mb()),
                "base_rss_mb": round(base_rss), "val_crop_dice": vd,
                "val_crop_mean_dice": float(np.nanmean(list(vd.values())))}
     (args.work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
@@ -779,6 +783,8 @@ def main(argv=None) -> int:
     ap.add_argument("--s2-crop-big", type=int, default=80)
     ap.add_argument("--s2-lr", type=float, default=2e-3)
     ap.add_argument("--s2-resume", type=Path, help="stage-2 (or baseline) checkpoint to continue from")
+    ap.add_argument("--s2-plain-ce", action="store_true",
+                    help="stage 2 / baseline: unweighted cross-entropy (a last phase against over-segmentation)")
     ap.add_argument("--s2-hard", action="store_true",
                     help="stage 2 / baseline: sample Vermis_1_2 more often and weight it more (HARD_*)")
     ap.add_argument("--val-every", type=float, default=5, help="minutes between validations")
