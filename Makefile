@@ -103,7 +103,8 @@ fuzz: deps
 
 # Trains the two-stage deep grey matter model ModelZoo/brain-deepgrey.cseg on augmented copies of
 # the Colin27 T1 with the AAL labels (tools/train_cascade.py; model card in ModelZoo/README.md):
-# augmented copies under /tmp/cascadeseg-train, stage 1 (~25 min), stage 2 (~45 min), the
+# augmented copies under /tmp/cascadeseg-train (also as an MSD / nnU-Net dataset,
+# Dataset001_BrainDeepGrey), stage 1 (~25 min), stage 2 (~45 min), the
 # single-stage baseline ModelZoo/brain-deepgrey-baseline.cseg (~45 min), peak-memory measurement,
 # ONNX export, cascade config, `cascadeseg convert`. Runs at the lowest CPU priority.
 # `make train TRAIN_ARGS=--quick` is a smoke test of a few minutes (writes only under /tmp).

@@ -28,8 +28,9 @@ grown by the ROI margin, with jitter.
   centred in a structure's box, two thirds anywhere), so that it learns the whole image; it runs
   over the whole 1 mm image (`ModelZoo/<name>-baseline.cseg`).
 
-Steps (`--steps`, comma-separated; default all): `data` (augmented copies under --work),
-`stage1`, `stage2`, `baseline`, `measure` (peak RSS of one forward+backward of the stage-2
+Steps (`--steps`, comma-separated; default all): `data` (augmented copies under --work, cached
+as arrays for training), `dataset` (the same copies as NIfTI in the MSD / nnU-Net layout:
+imagesTr, labelsTr, imagesTs, labelsTs, dataset.json), `stage1`, `stage2`, `baseline`, `measure` (peak RSS of one forward+backward of the stage-2
 network on a crop and on the whole 1 mm volume, each in a fresh subprocess), `export` (ONNX,
 opset 17, dynamic D/H/W, checked with onnxruntime), `config` (cascade JSON with label priors from
 the training copies), `convert` (`cascadeseg convert --stage1 --stage2 --config`, and the
@@ -215,6 +216,43 @@ def step_data(args) -> None:
         meta_path.write_text(json.dumps(meta))
         log(f"data {name} (seed {seed}) {time.time() - t0:.0f}s, peak RSS {peak_rss_mb():.0f} MB")
     log(f"data: {len(jobs)} copies in {args.work}")
+
+
+def step_dataset(args) -> None:
+    """The same augmented copies as `data` (same seeds, so the same images), as a dataset in the
+    MSD / nnU-Net v2 layout under `<work>/Dataset001_BrainDeepGrey`: imagesTr/labelsTr (training
+    copies), imagesTs/labelsTs (the held-out copies), dataset.json. Raw intensities and the
+    Colin27 affine, labels 0..16; for nnU-Net or other frameworks (our own training reads the
+    cached arrays of `data`)."""
+    import nibabel as nib
+    root = args.work / "Dataset001_BrainDeepGrey"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    t1, bet, lab, ref_img = load_sources()
+    jobs = [("Tr", i, i) for i in range(args.n_train)] + [("Ts", i, VAL_SEED0 + i) for i in range(args.n_val)]
+    t0 = time.time()
+    for split, i, seed in jobs:
+        case = f"deepgrey_{'train' if split == 'Tr' else 'val'}{i:03d}"
+        image, label = root / f"images{split}" / f"{case}_0000.nii.gz", root / f"labels{split}" / f"{case}.nii.gz"
+        if image.exists() and label.exists():
+            continue
+        img, lb = augment(seed, t1, bet, lab)
+        for path, data in ((label, lb), (image, img)):  # image last: it marks the case complete
+            tmp = path.with_name(path.name + ".tmp.nii.gz")
+            nib.save(nib.Nifti1Image(data.transpose(2, 1, 0).copy(), ref_img.affine), str(tmp))
+            tmp.replace(path)
+        log(f"dataset {case} (seed {seed}) {time.time() - t0:.0f}s")
+    meta = {"channel_names": {"0": "T1"},
+            "labels": {"background": 0, **{n: k for k, (_, n) in enumerate(TARGETS, 1)}},
+            "numTraining": args.n_train, "file_ending": ".nii.gz",
+            "name": "BrainDeepGrey", "description": "augmented copies of the Colin27 T1 with 16 AAL labels "
+            "(tools/train_cascade.py); training seeds 0..n-1, test seeds from 100000",
+            "licence": "Colin27 and AAL as packaged by mricron-data (BSD-3-Clause); see ModelZoo/README.md",
+            "training": [{"image": f"./imagesTr/deepgrey_train{i:03d}_0000.nii.gz",
+                          "label": f"./labelsTr/deepgrey_train{i:03d}.nii.gz"} for i in range(args.n_train)],
+            "test": [f"./imagesTs/deepgrey_val{i:03d}_0000.nii.gz" for i in range(args.n_val)]}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"dataset: {len(jobs)} cases in {root}")
 
 
 # =============================================================================================
@@ -760,7 +798,7 @@ def step_validate(args) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/cascadeseg-train"))
-    ap.add_argument("--steps", default="data,stage1,stage2,baseline,measure,export,config,convert,validate")
+    ap.add_argument("--steps", default="data,dataset,stage1,stage2,baseline,measure,export,config,convert,validate")
     ap.add_argument("--validate-modes", default="cascade,stage1-only,baseline",
                     help="segment modes to validate: cascade, stage1-only, single-stage (the cascade's stage 2 "
                          "over the whole image), baseline (the separately trained single-stage model)")
@@ -806,7 +844,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     steps = args.steps.split(",")
     for s in steps:
-        fn = {"data": step_data, "stage1": step_stage1, "stage2": step_stage2,
+        fn = {"data": step_data, "dataset": step_dataset, "stage1": step_stage1, "stage2": step_stage2,
               "baseline": lambda a: step_stage2(a, sampling="patch"), "measure": step_measure,
               "export": step_export, "config": step_config, "convert": step_convert,
               "validate": step_validate}[s]
