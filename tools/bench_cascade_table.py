@@ -41,16 +41,9 @@ import numpy as np
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
+from bench_unet import peak_rss_self_mib  # noqa: E402  (VmHWM: this process image's own peak)
 STATS_PREFIX = "TABLE_STATS "
 TEMPLATES = Path("/usr/share/mricron/templates")
-
-
-def peak_rss_mib() -> float:
-    """VmHWM of this process image (ru_maxrss would include the parent's before exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # =============================================================================================
@@ -60,12 +53,8 @@ def child_main(args) -> None:
     x = np.load(args.input)
     if args.child == "ort":
         import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
+        from bench_unet import ort_session
+        sess = ort_session(args.model, args.threads)
         name = sess.get_inputs()[0].name
         forward = lambda: sess.run(None, {name: x})[0]  # noqa: E731
         version = f"ONNX Runtime {ort.__version__}"
@@ -92,7 +81,7 @@ def child_main(args) -> None:
     d, h, w = args.shape
     labels = y[0, :, :d, :h, :w].argmax(0).astype(np.uint8)
     np.save(args.output, labels)
-    print(STATS_PREFIX + json.dumps({"times": times, "peak_rss_mib": peak_rss_mib(), "version": version}), flush=True)
+    print(STATS_PREFIX + json.dumps({"times": times, "peak_rss_mib": peak_rss_self_mib(), "version": version}), flush=True)
 
 
 def run_child(args, child: str, model: Path, inp: Path, outp: Path, shape) -> dict:

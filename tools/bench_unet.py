@@ -291,18 +291,25 @@ def compare(path_a: Path, path_b: Path) -> dict:
 # =============================================================================================
 # Child processes
 
+def ort_session(model: Path, threads: int):
+    """An ONNX Runtime CPU session as every benchmark here runs it: `threads` intra-op threads,
+    one inter-op thread, sequential execution, all graph optimizations."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
 def child_main(args) -> None:
     x = np.load(args.input)
     times = []
     if args.child == "ort":
         import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         t0 = time.perf_counter()
-        sess = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(args.model, args.threads)
         setup = time.perf_counter() - t0
         name = sess.get_inputs()[0].name
 

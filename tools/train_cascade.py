@@ -310,6 +310,17 @@ def loss_fn(logits, target, ce_weight):
     return ce + dl + fp, ce.detach(), dl.detach()
 
 
+def train_step(net, opt, xs, ys, ce_weight):
+    """One optimizer step on the batch of samples `xs` ([z, y, x] each) and labels `ys`; returns
+    the loss, its cross-entropy and its Dice part as floats."""
+    net.train()
+    loss, ce, dl = loss_fn(net(torch.stack(xs)[:, None]), torch.stack(ys), ce_weight)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item(), float(ce), float(dl)
+
+
 def dice_per_label(pred: np.ndarray, ref: np.ndarray) -> dict:
     out = {}
     for k in range(1, K):
@@ -398,18 +409,12 @@ def step_stage1(args) -> None:
                 x = torch.where(x != 0, x + 0.1 * torch.randn_like(x), x)
             xs.append(pad_to(x, full))
             ls.append(pad_to(l, full))
-        x = torch.stack(xs)[:, None]
-        y = torch.stack(ls)
-        net.train()
-        loss, ce, dl = loss_fn(net(x), y, ce_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss, ce, dl = train_step(net, opt, xs, ls, ce_weight)
         step += 1
-        rec = {"step": step, "t": round(time.time() - t0, 1), "lr": lr, "loss": loss.item(), "ce": float(ce),
-               "dice_loss": float(dl), "peak_rss_mb": round(peak_rss_mb()), "base_rss_mb": round(base_rss)}
+        rec = {"step": step, "t": round(time.time() - t0, 1), "lr": lr, "loss": loss, "ce": ce,
+               "dice_loss": dl, "peak_rss_mb": round(peak_rss_mb()), "base_rss_mb": round(base_rss)}
         if step % 10 == 0 or step == 1:
-            log(f"stage1 step {step} loss {loss.item():.3f} (ce {float(ce):.3f} dice {float(dl):.3f}) "
+            log(f"stage1 step {step} loss {loss:.3f} (ce {ce:.3f} dice {dl:.3f}) "
                 f"lr {lr:.2e} peak RSS {peak_rss_mb():.0f} MB")
         if time.time() - last_val > args.val_every * 60:
             rec["val_dice"] = eval_stage1(net, val, full)
@@ -542,19 +547,13 @@ def step_stage2(args, sampling: str = "roi") -> None:
                                 + 0.05 * torch.randn_like(x), x)
             xs.append(x)
             ls.append(torch.from_numpy(l))
-        x = torch.stack(xs)[:, None]
-        y = torch.stack(ls)
-        net.train()
-        loss, ce, dl = loss_fn(net(x), y, ce_w)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss, ce, dl = train_step(net, opt, xs, ls, ce_w)
         step += 1
-        rec = {"step": step, "t": round(time.time() - t0, 1), "lr": lr, "crop": s, "loss": loss.item(),
-               "ce": float(ce), "dice_loss": float(dl), "peak_rss_mb": round(peak_rss_mb()),
+        rec = {"step": step, "t": round(time.time() - t0, 1), "lr": lr, "crop": s, "loss": loss,
+               "ce": ce, "dice_loss": dl, "peak_rss_mb": round(peak_rss_mb()),
                "base_rss_mb": round(base_rss)}
         if step % 10 == 0 or step == 1:
-            log(f"{name} step {step} crop {s} loss {loss.item():.3f} (ce {float(ce):.3f} dice {float(dl):.3f}) "
+            log(f"{name} step {step} crop {s} loss {loss:.3f} (ce {ce:.3f} dice {dl:.3f}) "
                 f"lr {lr:.2e} peak RSS {peak_rss_mb():.0f} MB")
         if time.time() - last_val > args.val_every * 60:
             rec["val_dice"] = eval_stage2(net, vcrops)

@@ -34,7 +34,8 @@ enum BenchCascade {
         print("single-stage: \(args["single-stage-model"].map { "\(baseline.metadata.name) (\($0))" } ?? "the cascade's stage-2 network over the whole image")")
 
         // Compile every kernel once on a small input, so that no row pays for compilation.
-        for (m, stage) in [(model, one), (model, two), (baseline, baselineStage)] {
+        let warmUps = Set([one, two]).sorted().map { (model, $0) } + (args["single-stage-model"] != nil ? [(baseline, baselineStage)] : [])
+        for (m, stage) in warmUps {
             let network = try Network(model: m, stage: stage, context: context)
             let multiple = network.graph.sizeMultiple
             _ = try network.run(Tensor(zeros: [1, m.metadata.input.channels] + multiple.map { max($0, 8) }))
